@@ -1,0 +1,256 @@
+"""Datasets and loaders: digits (offline), cifar10, tinyimagenet, imagenet. Images come out as pixels in [0, 1].
+
+Small datasets are held as uint8 tensors and augmented on the device (random crop with padding, flip);
+ImageNet goes through torchvision's ImageFolder and a DataLoader.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    shape: tuple  # (C, H, W)
+    mean: tuple
+    std: tuple
+    eps: float  # default attack budget, pixel units
+    crop_pad: int  # random-crop padding for augmentation (0: none)
+    flip: bool  # random horizontal flip for augmentation
+
+
+DATASETS = {
+    # digits: mean / std of the fixed training split; no flip (a mirrored digit is another symbol).
+    "digits": DatasetInfo(10, (1, 8, 8), (0.3054,), (0.3761,), 0.2, 1, False),
+    "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 8 / 255, 4, True),
+    "tinyimagenet": DatasetInfo(200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 2 / 255, 8, True),
+    "imagenet": DatasetInfo(1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 2 / 255, 0, True),
+}
+TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+@dataclass
+class ImageTensors:
+    """Images as uint8 (N, C, H, W) with integer labels; pixel value = x / scale."""
+    x: torch.Tensor
+    y: torch.Tensor
+    scale: float = 255.0
+
+    def __len__(self):
+        return len(self.y)
+
+    def to(self, device):
+        return ImageTensors(self.x.to(device), self.y.to(device), self.scale)
+
+    def pixels(self, idx):
+        return self.x[idx].float() / self.scale
+
+
+# ----------------------------------------------------------------------------- the datasets
+
+def load_digits_split():
+    """scikit-learn's bundled 8x8 digits (1,797 real images), fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.uint8).unsqueeze(1)  # values 0..16
+    y = torch.tensor(digits.target, dtype=torch.long)
+    train_idx, test_idx = train_test_split(range(len(y)), test_size=0.2, stratify=digits.target, random_state=0)
+    return (ImageTensors(x[train_idx], y[train_idx], 16.0), ImageTensors(x[test_idx], y[test_idx], 16.0))
+
+
+def load_cifar10(data_dir: str, download: bool):
+    from torchvision.datasets import CIFAR10
+    where = os.path.join(data_dir, "cifar-10-batches-py")
+    if not download and not os.path.isdir(where):
+        raise FileNotFoundError(
+            f"CIFAR-10 not found: looked for {where}; run with --download, or unpack the python version "
+            "of CIFAR-10 (cifar-10-python.tar.gz) into --data-dir")
+    try:
+        splits = [CIFAR10(data_dir, train=train, download=download) for train in (True, False)]
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise FileNotFoundError(f"CIFAR-10 in {where} is incomplete or corrupted ({exc}); "
+                                "delete it and run with --download") from None
+    except OSError as exc:  # no network, refused connection, disk full
+        raise FileNotFoundError(f"could not download CIFAR-10 into {data_dir} ({exc}); "
+                                "fetch cifar-10-python.tar.gz by hand and unpack it there") from None
+    return [ImageTensors(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(d.targets))
+            for d in splits]
+
+
+def read_rgb(path: str) -> torch.Tensor:
+    """One image file as uint8 (3, H, W)."""
+    from PIL import Image
+    import numpy as np
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def tinyimagenet_root(data_dir: str, download: bool) -> str:
+    root = os.path.join(data_dir, "tiny-imagenet-200")
+    if download and not os.path.isdir(root):
+        from torchvision.datasets.utils import download_and_extract_archive
+        try:
+            download_and_extract_archive(TINYIMAGENET_URL, data_dir)
+        except OSError as exc:
+            raise FileNotFoundError(f"could not download TinyImageNet into {data_dir} ({exc}); "
+                                    f"fetch {TINYIMAGENET_URL} by hand and unzip it there") from None
+    for need in ("wnids.txt", "train", os.path.join("val", "val_annotations.txt")):
+        if not os.path.exists(os.path.join(root, need)):
+            raise FileNotFoundError(
+                f"TinyImageNet not found: looked for {os.path.join(root, need)}; run with --download, "
+                f"or unzip {TINYIMAGENET_URL} into --data-dir")
+    return root
+
+
+def load_tinyimagenet(data_dir: str, download: bool):
+    """The official layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG + val/val_annotations.txt.
+
+    Decoded once into uint8 tensors cached beside the data (uint8_cache.pt).
+    """
+    root = tinyimagenet_root(data_dir, download)
+    cache = os.path.join(root, "uint8_cache.pt")
+    if os.path.exists(cache):
+        blob = torch.load(cache, weights_only=True)
+        return [ImageTensors(blob[f"{s}_x"], blob[f"{s}_y"]) for s in ("train", "val")]
+    with open(os.path.join(root, "wnids.txt")) as f:
+        wnids = [line.strip() for line in f if line.strip()]
+    label = {w: i for i, w in enumerate(wnids)}
+    train_files = []
+    for wnid in wnids:
+        folder = os.path.join(root, "train", wnid, "images")
+        train_files += [(os.path.join(folder, name), label[wnid]) for name in sorted(os.listdir(folder))]
+    with open(os.path.join(root, "val", "val_annotations.txt")) as f:
+        rows = [line.split("\t") for line in f if line.strip()]
+    val_files = [(os.path.join(root, "val", "images", r[0]), label[r[1]]) for r in rows]
+    from tqdm import tqdm
+    blob = {}
+    for split, files in (("train", train_files), ("val", val_files)):
+        blob[f"{split}_x"] = torch.stack([read_rgb(p) for p, _ in tqdm(files, desc=f"decoding {split}")])
+        blob[f"{split}_y"] = torch.tensor([c for _, c in files])
+    tmp = cache + ".tmp"
+    torch.save(blob, tmp)
+    os.replace(tmp, cache)
+    return [ImageTensors(blob[f"{s}_x"], blob[f"{s}_y"]) for s in ("train", "val")]
+
+
+def load_imagenet(data_dir: str):
+    """ImageFolder train/ and val/ (class folders), resized to 224 with the usual crops."""
+    from torchvision import datasets, transforms
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(data_dir, split)):
+            raise FileNotFoundError(
+                f"ImageNet not found: looked for {os.path.join(data_dir, split)}; ImageNet cannot be downloaded "
+                "automatically: get ILSVRC2012 and arrange train/ and val/ in class folders (ImageFolder layout)")
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor()])
+    val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    return (datasets.ImageFolder(os.path.join(data_dir, "train"), train_tf),
+            datasets.ImageFolder(os.path.join(data_dir, "val"), val_tf))
+
+
+def load_dataset(name: str, data_dir: str = "data", download: bool = False):
+    """(train, test) for a dataset name: ImageTensors, or ImageFolder datasets for imagenet."""
+    dataset_info(name)
+    if name == "digits":
+        return load_digits_split()
+    if name == "cifar10":
+        return load_cifar10(data_dir, download)
+    if name == "tinyimagenet":
+        return load_tinyimagenet(data_dir, download)
+    return load_imagenet(data_dir)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+def random_crop_flip(x, pad: int, flip: bool, gen: torch.Generator):
+    """Random crop after zero padding and random horizontal flip, batched on x's device."""
+    n, _, h, w = x.shape
+    if pad:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device) for _ in range(2))
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mirror = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class TensorLoader:
+    """Mini-batches of an ImageTensors set, shuffled and augmented from a generator seeded by (seed, epoch).
+
+    The same (seed, epoch) gives the same batches, which makes --resume exact.
+    """
+
+    def __init__(self, data: ImageTensors, bs: int, device, shuffle=True, info: DatasetInfo = None, seed=0,
+                 drop_last=True):
+        self.data, self.bs, self.device = data.to(device), bs, device
+        self.shuffle, self.info, self.seed, self.drop_last = shuffle, info, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        n = len(self.data)
+        return n // self.bs if self.drop_last and n >= self.bs else -(-n // self.bs)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        n = len(self.data)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.bs:(b + 1) * self.bs].to(self.device)
+            x = self.data.pixels(idx)
+            if self.info is not None:
+                x = random_crop_flip(x, self.info.crop_pad, self.info.flip, gen)
+            yield x, self.data.y[idx]
+
+
+class FolderLoader:
+    """A DataLoader over an ImageFolder whose order is seeded by (seed, epoch); batches moved to the device."""
+
+    def __init__(self, dataset, bs: int, device, shuffle=True, seed=0, workers=8):
+        self.dataset, self.device, self.seed, self.shuffle = dataset, device, seed, shuffle
+        self.gen = torch.Generator()
+        self.loader = torch.utils.data.DataLoader(dataset, bs, shuffle=shuffle, generator=self.gen,
+                                                  num_workers=workers, drop_last=shuffle, pin_memory=True)
+
+    def set_epoch(self, epoch: int):
+        self.gen.manual_seed(self.seed * 100003 + epoch)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def train_loader(train, info: DatasetInfo, bs: int, device, seed: int, augment=True, workers=8):
+    if isinstance(train, ImageTensors):
+        return TensorLoader(train, bs, device, True, info if augment else None, seed)
+    return FolderLoader(train, bs, device, True, seed, workers)
+
+
+def test_subset(test, n: int = 0, seed: int = 0):
+    """A fixed subset of n test points (all when n <= 0), as pixel tensors (x, y) on the CPU."""
+    total = len(test)
+    if n <= 0 or n >= total:
+        idx = torch.arange(total)
+    else:
+        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(test, ImageTensors):
+        return test.pixels(idx), test.y[idx]
+    xs, ys = zip(*(test[int(i)] for i in idx))
+    return torch.stack(xs), torch.tensor(ys)
