@@ -23,7 +23,7 @@ class DatasetInfo:
 
 DATASETS = {
     # digits: mean / std of the fixed training split; no flip (a mirrored digit is another symbol).
-    "digits": DatasetInfo(10, (1, 8, 8), (0.3054,), (0.3761,), 0.2, 1, False),
+    "digits": DatasetInfo(10, (1, 8, 8), (0.3054,), (0.3761,), 0.15, 1, False),
     "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 8 / 255, 4, True),
     "tinyimagenet": DatasetInfo(200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 2 / 255, 8, True),
     "imagenet": DatasetInfo(1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 2 / 255, 0, True),
@@ -189,13 +189,15 @@ def random_crop_flip(x, pad: int, flip: bool, gen: torch.Generator):
 class TensorLoader:
     """Mini-batches of an ImageTensors set, shuffled and augmented from a generator seeded by (seed, epoch).
 
-    The same (seed, epoch) gives the same batches, which makes --resume exact.
+    The same (seed, epoch) gives the same batches, which makes --resume exact. Under DDP every process
+    draws the same global batch and keeps its rows rank::world.
     """
 
     def __init__(self, data: ImageTensors, bs: int, device, shuffle=True, info: DatasetInfo = None, seed=0,
-                 drop_last=True):
+                 drop_last=True, rank=0, world=1):
         self.data, self.bs, self.device = data.to(device), bs, device
         self.shuffle, self.info, self.seed, self.drop_last = shuffle, info, seed, drop_last
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
@@ -214,20 +216,20 @@ class TensorLoader:
             x = self.data.pixels(idx)
             if self.info is not None:
                 x = random_crop_flip(x, self.info.crop_pad, self.info.flip, gen)
-            yield x, self.data.y[idx]
+            yield x[self.rank::self.world], self.data.y[idx][self.rank::self.world]
 
 
 class FolderLoader:
     """A DataLoader over an ImageFolder whose order is seeded by (seed, epoch); batches moved to the device."""
 
-    def __init__(self, dataset, bs: int, device, shuffle=True, seed=0, workers=8):
-        self.dataset, self.device, self.seed, self.shuffle = dataset, device, seed, shuffle
-        self.gen = torch.Generator()
-        self.loader = torch.utils.data.DataLoader(dataset, bs, shuffle=shuffle, generator=self.gen,
-                                                  num_workers=workers, drop_last=shuffle, pin_memory=True)
+    def __init__(self, dataset, bs: int, device, shuffle=True, seed=0, workers=8, rank=0, world=1):
+        self.dataset, self.device, self.seed = dataset, device, seed
+        self.sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle, seed, drop_last=shuffle)
+        self.loader = torch.utils.data.DataLoader(dataset, bs // world, sampler=self.sampler, num_workers=workers,
+                                                  drop_last=shuffle, pin_memory=True)
 
     def set_epoch(self, epoch: int):
-        self.gen.manual_seed(self.seed * 100003 + epoch)
+        self.sampler.set_epoch(epoch)
 
     def __len__(self):
         return len(self.loader)
@@ -237,10 +239,11 @@ class FolderLoader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def train_loader(train, info: DatasetInfo, bs: int, device, seed: int, augment=True, workers=8):
+def train_loader(train, info: DatasetInfo, bs: int, device, seed: int, augment=True, workers=8, rank=0, world=1):
+    """Shuffled training batches of global size bs; under DDP each process gets its bs / world rows."""
     if isinstance(train, ImageTensors):
-        return TensorLoader(train, bs, device, True, info if augment else None, seed)
-    return FolderLoader(train, bs, device, True, seed, workers)
+        return TensorLoader(train, bs, device, True, info if augment else None, seed, True, rank, world)
+    return FolderLoader(train, bs, device, True, seed, workers, rank, world)
 
 
 def test_subset(test, n: int = 0, seed: int = 0):

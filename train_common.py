@@ -192,8 +192,8 @@ class Run:
         self.train_set, self.test_set = data.load_dataset(args.dataset, args.data_dir, args.download)
         if args.bs % self.world:
             raise ValueError(f"--bs {args.bs} is not divisible by the {self.world} processes")
-        self.loader = data.train_loader(self.train_set, self.info, args.bs // self.world, self.device,
-                                        args.seed * self.world + self.rank, not args.no_augment, args.workers)
+        self.loader = data.train_loader(self.train_set, self.info, args.bs, self.device, args.seed,
+                                        not args.no_augment, args.workers, self.rank, self.world)
         x_test, y_test = data.test_subset(self.test_set, args.eval_n)
         self.x_test, self.y_test = x_test.to(self.device), y_test.to(self.device)
         self.ckpt_path = os.path.join(args.out, CKPT)
@@ -311,6 +311,7 @@ class Run:
             for i, (x, y) in enumerate(bar):
                 if a.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                self.global_step = epoch * len(self.loader) + i
                 try:
                     with self.autocast():
                         stats = train_step(x, y)
