@@ -181,7 +181,7 @@ def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int
         for idx, objective in parts:
             adversary = AutoAttack(objective, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
             adversary.verbose = False
-            x_adv[idx] = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=bs).detach()
+            x_adv[idx] = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=bs)[0].detach()
     return project(x_adv, x, eps)
 
 

@@ -226,7 +226,8 @@ class FolderLoader:
         self.dataset, self.device, self.seed = dataset, device, seed
         self.sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle, seed, drop_last=shuffle)
         self.loader = torch.utils.data.DataLoader(dataset, bs // world, sampler=self.sampler, num_workers=workers,
-                                                  drop_last=shuffle, pin_memory=True)
+                                                  drop_last=shuffle,
+                                                  pin_memory=torch.device(device).type == "cuda")
 
     def set_epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)

@@ -155,7 +155,7 @@ class MoE(nn.Module):
             if out is None:
                 out = y.new_zeros(x.shape[0], y.shape[1])
             out = out.index_add(0, rows, y.to(out.dtype))
-        return out
+        return out if out is not None else x.new_zeros(x.shape[0], self.num_classes)
 
     # -- the model and its component views (SPEC section 4)
 

@@ -199,6 +199,7 @@ class Run:
         self.ckpt_path = os.path.join(args.out, CKPT)
         self.model = None
         self.epoch = self.global_step = 0
+        self.saved_epoch = 0  # epochs done in the checkpoint this run wrote or resumed from
         if self.is_main:
             os.makedirs(args.out, exist_ok=True)
 
@@ -345,6 +346,7 @@ class Run:
             "scaler": None,  # bf16 autocast needs no loss scaling
             "rng": rng_state(), "metrics": metrics,
         }, self.ckpt_path)
+        self.saved_epoch = epoch + 1
 
     def restore(self, model, optimizers, schedulers, saved_args) -> int:
         ckpt = load_checkpoint(self.ckpt_path)
@@ -359,31 +361,36 @@ class Run:
             s.load_state_dict(ckpt["scheduler"][k])
         set_rng_state(ckpt["rng"])
         print(f"resuming {self.ckpt_path} after epoch {ckpt['epoch'] + 1}")
+        self.saved_epoch = ckpt["epoch"] + 1
         return ckpt["epoch"] + 1
 
     def log(self, row: dict) -> None:
+        """Append a row to log.csv; a row with new columns (first evaluation) rewrites the header."""
+        self.write_log(self.read_log() + [row])
+
+    def read_log(self) -> list:
         path = os.path.join(self.args.out, "log.csv")
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore", restval="")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write_log(self, rows: list) -> None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        path = os.path.join(self.args.out, "log.csv")
+        with open(path + ".tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(path + ".tmp", path)
 
     def trim_log(self, start: int) -> None:
         """Keep only log rows of epochs before `start` (a fresh run starts an empty log)."""
-        path = os.path.join(self.args.out, "log.csv")
-        if not os.path.exists(path):
-            return
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        os.remove(path)
-        for row in rows:
-            if int(row["epoch"]) <= start:
-                self.log(row)
+        if os.path.exists(os.path.join(self.args.out, "log.csv")):
+            self.write_log([row for row in self.read_log() if int(row["epoch"]) <= start])
 
     def diverged(self, message: str):
-        last = (f"last good checkpoint: {self.ckpt_path} (epoch {self.epoch})" if os.path.exists(self.ckpt_path)
+        last = (f"last good checkpoint: {self.ckpt_path} (epoch {self.saved_epoch})" if self.saved_epoch
                 else "no checkpoint was written yet")
         text = f"training diverged: {message}; {last}"
         if self.is_main:
