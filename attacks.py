@@ -129,39 +129,30 @@ def attack(model, x, y, target: str = "whole", eps: float = 8 / 255, step: float
 
 # ----------------------------------------------------------------------------- AutoAttack
 
-def separable_groups(x, radius: float):
-    """Split row indices of x into groups whose members are more than `radius` apart in l_inf."""
-    flat = x.flatten(1).float()
-    groups, members = [], []
-    for i in range(flat.shape[0]):
-        for g, rows in enumerate(members):
-            if torch.cdist(flat[i:i + 1], rows, p=float("inf")).min() > radius:
-                groups[g].append(i)
-                members[g] = torch.cat([rows, flat[i:i + 1]])
-                break
-        else:
-            groups.append([i])
-            members.append(flat[i:i + 1])
-    return [torch.tensor(g, device=x.device) for g in groups]
+def tag_rows(x):
+    """x with one extra channel holding each row's index in binary, one 0/1 pixel per bit."""
+    n, _, h, w = x.shape
+    if n > 2 ** (h * w):
+        raise ValueError(f"cannot tag {n} rows in a {h}x{w} plane")
+    bits = (torch.arange(n, device=x.device)[:, None] >> torch.arange(h * w, device=x.device)) & 1
+    return torch.cat([x, bits.to(x.dtype).view(n, 1, h, w)], dim=1)
 
 
-class RowMatched:
+class TaggedObjective:
     """A frozen-part objective for AutoAttack, which queries subsets of rows without saying which.
 
-    Each query row lies within eps of exactly one clean row (the rows are grouped so), which gives the
-    frozen routing or expert outputs to use for it.
+    Inputs carry a tag channel (tag_rows); every AutoAttack iterate stays within eps < 0.5 of it in
+    l_inf and gets no gradient through it, so rounding recovers each row's index and its frozen parts.
     """
 
-    def __init__(self, model, target: str, x, eps: float):
-        self.model, self.target, self.x, self.eps = model, target, x, eps
+    def __init__(self, model, target: str, x):
+        self.model, self.target = model, target
         self.parts = frozen_parts(model, target, x)
+        self.weights = 2 ** torch.arange(x.shape[2] * x.shape[3], device=x.device)
 
     def __call__(self, z):
-        dist = torch.cdist(z.detach().flatten(1).float(), self.x.flatten(1).float(), p=float("inf"))
-        rows = dist.argmin(1)
-        if (dist.gather(1, rows[:, None]) > self.eps + 1e-5).any():
-            raise RuntimeError("AutoAttack queried a point outside every eps-ball")
-        return frozen_objective(self.model, self.target, [p[rows] for p in self.parts])(z)
+        rows = (z[:, -1].detach().flatten(1).round().long() * self.weights).sum(1)
+        return frozen_objective(self.model, self.target, [p[rows] for p in self.parts])(z[:, :-1])
 
 
 def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int = 250, seed: int = 0):
@@ -171,18 +162,18 @@ def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int
     check_budget(eps)
     if eps == 0:
         return x.detach().clone()
+    if eps >= 0.5 and target in ("experts", "router"):
+        raise ValueError("AutoAttack on frozen-routing targets needs eps < 0.5")
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
-    x_adv = x.detach().clone()
     with eval_mode(model):
         if target in ("experts", "router"):
-            parts = [(idx, RowMatched(model, target, x[idx], eps)) for idx in separable_groups(x, 2 * eps)]
+            objective, x_in = TaggedObjective(model, target, x), tag_rows(x.detach())
         else:
-            parts = [(torch.arange(len(x), device=x.device), target_objective(model, target, x))]
-        for idx, objective in parts:
-            adversary = AutoAttack(objective, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
-            adversary.verbose = False
-            x_adv[idx] = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=bs)[0].detach()
-    return project(x_adv, x, eps)
+            objective, x_in = target_objective(model, target, x), x.detach()
+        adversary = AutoAttack(objective, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+        adversary.verbose = False
+        x_adv = adversary.run_standard_evaluation(x_in, y, batch_size=bs)[0].detach()
+    return project(x_adv[:, :x.shape[1]], x, eps)
 
 
 # ----------------------------------------------------------------------------- accuracy under attack
