@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -26,6 +27,8 @@ DEFAULTS = {  # per dataset: what a flag left unset becomes
     "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000),
 }
 CKPT = "ckpt.pt"
+# AdvMoE steps one of two optimisers per batch while both schedules advance; the warning is noise there
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 class Divergence(RuntimeError):
