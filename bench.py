@@ -1,0 +1,323 @@
+"""Speed ratios of SPEC section 8, all measured in one process on the same batches.
+
+  moe / single          MoE top-1 train step (E = 4 experts, st_loss) over one expert network's train step
+                        (CE), same batch, both with Adam; goal <= 1.10 (only one expert runs per row)
+  rter_shared / at      RT-ER step (--kl-attack shared) over the AT step, PGD-K; goal <= 1.25
+  rter_separate / at    RT-ER step (--kl-attack separate) over the AT step, PGD-K; goal <= 2.2
+  RT-ER images/s and projected seconds per CIFAR-10-sized epoch (50,000 images); goal <= 60 s on one H100
+
+Cases run interleaved, one of each per round (order reversed every other round, so slow drift hits all of
+them alike); each time is one full train step (loss, backward, Adam) between device synchronisations;
+the reported figure is the median over the timed rounds. Inputs are random pixels resident on the device.
+On a GPU, bf16 autocast and channels_last are on by default (--no-amp / --no-channels-last turn them off)
+and --compile compiles each expert (expert.compile(dynamic=True), as train_common does).
+
+  python bench.py                          # resnet18 experts, the GPU when there is one
+  python bench.py --device cpu --arch cnn  # seconds: a quick check with the small CNN on 8x8 inputs
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+import train_common as tc
+from moe import Normalize, build_expert, build_moe
+from train_at import at_loss
+from train_rter import check_rter_args, rter_loss
+from train_st import st_loss
+
+EPOCH_IMAGES = 50_000  # CIFAR-10 training set
+GOALS = {"moe_over_single": 1.10, "rter_shared_over_at": 1.25, "rter_separate_over_at": 2.2}
+EPOCH_GOAL_S = 60.0  # PGD-10 RT-ER on one H100
+SHAPES = {"resnet18": ("cifar10", (3, 32, 32)), "cnn": ("digits", (1, 8, 8))}  # dataset whose mean/std we use
+CASES = ("single", "moe", "at", "rter_shared", "rter_separate")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--arch", default="resnet18", help="resnet18 | cnn (cnn: 1x8x8 inputs, a quick CPU check)")
+    p.add_argument("--experts", type=int, default=4, help="experts E of the MoE (top-1 routing)")
+    p.add_argument("--bs", type=int, default=None, help="batch size (default 128 on GPU, 32 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default per device and arch)")
+    p.add_argument("--iters", type=int, default=None, help="timed rounds (default per device and arch)")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps K of the AT and RT-ER attacks")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default on with a GPU; ignored on CPU, as in training)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format for models and data (default on with a GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each expert (and the single network)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON file (default results/bench_<device>[_<arch>].json)")
+    args = p.parse_args(argv)
+    if args.arch not in SHAPES:
+        raise ValueError(f"unknown arch {args.arch!r}; choose one of {', '.join(SHAPES)}")
+    if args.experts < 2:
+        raise ValueError(f"an MoE needs at least 2 experts, got {args.experts}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    gpu = device.type == "cuda"
+    # CPU defaults keep a resnet18 run short: a PGD-10 RT-ER step of 4 resnet18 experts at bs 32 takes
+    # tens of seconds on 2 cores; the cnn case is cheap, so it gets more rounds.
+    gpu_warmup = 10 if args.compile else 3  # compile: first steps trace train / eval modes and row counts
+    default_rounds = {(True, "resnet18"): (gpu_warmup, 20), (True, "cnn"): (gpu_warmup, 30),
+                      (False, "resnet18"): (1, 2), (False, "cnn"): (2, 8)}[(gpu, args.arch)]
+    args.bs = args.bs if args.bs is not None else (128 if gpu else 32)
+    args.warmup = args.warmup if args.warmup is not None else default_rounds[0]
+    args.iters = args.iters if args.iters is not None else default_rounds[1]
+    args.amp = gpu if args.amp is None else args.amp
+    args.channels_last = gpu if args.channels_last is None else args.channels_last
+    for key, low in (("bs", 1), ("warmup", 0), ("iters", 1), ("steps", 0)):
+        if getattr(args, key) < low:
+            raise ValueError(f"--{key} must be >= {low}, got {getattr(args, key)}")
+    if args.amp and not gpu:
+        print("note: --amp is ignored on CPU (training applies bf16 autocast on GPUs only)", file=sys.stderr)
+        args.amp = False
+    args.device = str(device)
+    if args.out is None:
+        suffix = "" if args.arch == "resnet18" else f"_{args.arch}"
+        args.out = os.path.join("results", f"bench_{device.type}{suffix}.json")
+    return args, device
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but no GPU is visible")
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- models and steps
+
+def prepare(model: nn.Module, experts, args, device) -> nn.Module:
+    """Device, channels_last and per-expert compile, the way train_common.Run.prepare does it."""
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        for expert in experts:
+            expert.compile(dynamic=True)
+    return model
+
+
+def loss_args(args, kl_attack: str) -> SimpleNamespace:
+    """The train-script flags that at_loss / rter_loss read: the paper's CIFAR-10 PGD-10 setting."""
+    ns = SimpleNamespace(eps=8 / 255, step_size=2 / 255, steps=args.steps, beta=6.0, kl_experts="second",
+                         kl_attack=kl_attack, second_on="clean", balance=0.01, topk=1, experts=args.experts)
+    check_rter_args(ns)
+    return ns
+
+
+def build_cases(args, device):
+    """{case: (model, optimizer, loss_fn(x, y))}; the MoE cases share one MoE and one Adam."""
+    dataset, shape = SHAPES[args.arch]
+    info = data.dataset_info(dataset)
+    torch.manual_seed(args.seed)
+    moe = build_moe(args.arch, args.experts, 1, info.num_classes, shape, info.mean, info.std)
+    moe = prepare(moe, moe.experts, args, device)
+    expert = build_expert(args.arch, info.num_classes, shape[0], shape[1])
+    single = prepare(nn.Sequential(Normalize(info.mean, info.std), expert), [expert], args, device)
+    lr = 1e-4  # the paper's peak rate; the value does not change the cost of a step
+    moe_opt = torch.optim.Adam(moe.parameters(), lr)
+    single_opt = torch.optim.Adam(single.parameters(), lr)
+    shared, separate = loss_args(args, "shared"), loss_args(args, "separate")
+    cases = {
+        "single": (single, single_opt, lambda x, y: F.cross_entropy(single(x), y)),
+        "moe": (moe, moe_opt, lambda x, y: st_loss(moe, x, y, shared.balance)),
+        "at": (moe, moe_opt, lambda x, y: at_loss(moe, x, y, shared)),
+        "rter_shared": (moe, moe_opt, lambda x, y: rter_loss(moe, x, y, shared)),
+        "rter_separate": (moe, moe_opt, lambda x, y: rter_loss(moe, x, y, separate)),
+    }
+    return cases, moe, info, shape
+
+
+def train_step(model, opt, loss_fn, x, y, autocast) -> float:
+    """One update as train_common runs it: loss under autocast, .item(), zero_grad, backward, Adam."""
+    with autocast():
+        loss = loss_fn(x, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise tc.Divergence(f"bench loss became {value}")
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return value
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run_bench(args, device) -> dict:
+    cases, moe, info, shape = build_cases(args, device)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if args.amp else nullcontext
+    gen = torch.Generator(device="cpu").manual_seed(args.seed + 1)
+    batches = []
+    for _ in range(4):  # a few fixed batches, resident on the device; every case gets the same one per round
+        x = torch.rand(args.bs, *shape, generator=gen)
+        y = torch.randint(0, info.num_classes, (args.bs,), generator=gen)
+        x = x.to(device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batches.append((x, y.to(device)))
+    for model in {id(m): m for m, _, _ in cases.values()}.values():
+        model.train()
+    times = {name: [] for name in CASES}
+    rounds = args.warmup + args.iters
+    t_start = time.perf_counter()
+    from tqdm import tqdm
+    tty = sys.stderr.isatty()
+    bar = tqdm(range(rounds), desc="bench rounds", file=sys.stderr, disable=not tty)
+    for r in bar:
+        x, y = batches[r % len(batches)]
+        order = CASES if r % 2 == 0 else CASES[::-1]
+        phase = "warmup" if r < args.warmup else "timed"
+        for name in order:
+            model, opt, loss_fn = cases[name]
+            bar.set_postfix(case=name, phase=phase)
+            sync(device)
+            t0 = time.perf_counter()
+            train_step(model, opt, loss_fn, x, y, autocast)
+            sync(device)
+            if r >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+        if not tty:  # plain progress lines in logs
+            print(f"round {r + 1}/{rounds} ({phase}) done, {time.perf_counter() - t_start:.0f} s", file=sys.stderr,
+                  flush=True)
+    bar.close()
+    wall = time.perf_counter() - t_start
+
+    with torch.no_grad(), autocast():
+        usage = torch.bincount(moe.gates(batches[0][0]).argmax(1), minlength=moe.num_experts)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    ratios = {"moe_over_single": med["moe"] / med["single"],
+              "rter_shared_over_at": med["rter_shared"] / med["at"],
+              "rter_separate_over_at": med["rter_separate"] / med["at"]}
+    rter = {}
+    for kind in ("shared", "separate"):
+        ips = args.bs / med[f"rter_{kind}"]
+        rter[kind] = {"images_per_s": ips, "epoch_s": EPOCH_IMAGES / ips}
+    return {
+        "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "settings": {k: getattr(args, k) for k in ("arch", "experts", "bs", "warmup", "iters", "steps", "amp",
+                                                   "channels_last", "compile", "seed")}
+        | {"topk": 1, "eps": 8 / 255, "step_size": 2 / 255, "beta": 6.0, "kl_experts": "second",
+           "second_on": "clean", "balance": 0.01, "optimizer": "adam", "input_shape": list(shape)},
+        "cases": {name: {"median_s": med[name], "min_s": min(times[name]), "times_s": times[name],
+                         "images_per_s": args.bs / med[name]} for name in CASES},
+        "ratios": ratios, "goals": GOALS,
+        "rter_epoch": rter, "epoch_images": EPOCH_IMAGES, "epoch_goal_s": EPOCH_GOAL_S,
+        "routing_usage_last": usage.tolist(),
+        "max_memory_gib": (torch.cuda.max_memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None,
+        "wall_s": wall,
+    }
+
+
+def fmt(v: float) -> str:
+    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def markdown(res: dict) -> str:
+    s, k = res["settings"], res["settings"]["steps"]
+    arch = "ResNet18" if s["arch"] == "resnet18" else s["arch"]
+    lines = [
+        f"device: {res['device_name']} ({res['device']}), torch {res['torch']}, {res['threads']} threads, "
+        f"load average {res.get('load_average_start')} -> {res.get('load_average_end')}",
+        f"arch {s['arch']}, E = {s['experts']}, top-1, bs {s['bs']}, PGD-{k}, amp {s['amp']}, "
+        f"channels_last {s['channels_last']}, compile {s['compile']}, {s['warmup']} warmup + {s['iters']} timed "
+        f"rounds (median), wall {res['wall_s']:.0f} s",
+        "",
+        "| measure | measured | goal |",
+        "| --- | --- | --- |",
+    ]
+    for key, label in (("moe_over_single", f"MoE top-1 step / single {arch} step"),
+                       ("rter_shared_over_at", "RT-ER (shared) step / AT step"),
+                       ("rter_separate_over_at", "RT-ER (separate) step / AT step")):
+        lines.append(f"| {label} | {res['ratios'][key]:.2f} | <= {res['goals'][key]} |")
+    for kind in ("shared", "separate"):
+        r = res["rter_epoch"][kind]
+        lines.append(f"| PGD-{k} RT-ER ({kind}) images/s | {fmt(r['images_per_s'])} | |")
+        lines.append(f"| PGD-{k} RT-ER ({kind}) s per {res['epoch_images']:,}-image epoch | {fmt(r['epoch_s'])} "
+                     f"| <= {res['epoch_goal_s']:.0f} (PGD-10, one H100) |")
+    lines += ["", "| case | median s/step | min s/step | images/s |", "| --- | --- | --- | --- |"]
+    for name, c in res["cases"].items():
+        lines.append(f"| {name} | {c['median_s']:.4g} | {c['min_s']:.4g} | {fmt(c['images_per_s'])} |")
+    lines.append("")
+    lines.append(f"top-1 expert usage on one batch at the end: {res['routing_usage_last']}")
+    if res["max_memory_gib"] is not None:
+        lines.append(f"peak GPU memory: {res['max_memory_gib']:.1f} GiB")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args, device = parse_args(argv)
+    print(f"bench: {device_name(device)} ({device}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"arch {args.arch}, bs {args.bs}, {args.warmup} warmup + {args.iters} timed rounds of {len(CASES)} cases",
+          flush=True)
+    load_start = load_average()
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and load_start and load_start[0] > cores and torch.get_num_threads() > 1:
+        print(f"note: load average {load_start[0]} on {cores} cores: other jobs compete for the CPU and torch's "
+              f"{torch.get_num_threads()} OpenMP threads wait on each other; --threads 1 may be much faster",
+              file=sys.stderr, flush=True)
+    res = run_bench(args, device)
+    res["load_average_start"], res["load_average_end"] = load_start, load_average()
+    text = markdown(res)
+    res["markdown"] = text
+    print(text, flush=True)
+    if os.path.dirname(args.out):
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    tmp = f"{args.out}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return res
+
+
+if __name__ == "__main__":
+    tc.cli(main)

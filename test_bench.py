@@ -1,0 +1,31 @@
+"""bench.py end to end on the small CNN: it runs, and its JSON carries finite positive ratios (no timing goals)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_bench_cnn_cpu(tmp_path):
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--arch", "cnn", "--device", "cpu",
+           "--iters", "2", "--warmup", "1", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    for key in ("moe_over_single", "rter_shared_over_at", "rter_separate_over_at"):
+        value = res["ratios"][key]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+        assert key in res["goals"]
+    for kind in ("shared", "separate"):
+        assert math.isfinite(res["rter_epoch"][kind]["epoch_s"]) and res["rter_epoch"][kind]["epoch_s"] > 0
+    assert "| MoE top-1 step" in proc.stdout
+
+
+def test_bench_bad_input_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "bench.py"), "--arch", "vgg", "--out",
+                           str(tmp_path / "b.json")], cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
