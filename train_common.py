@@ -298,6 +298,9 @@ class Run:
             start = self.restore(model, optimizers, schedulers, saved_args)
         elif a.resume:
             print(f"no checkpoint in {a.out}: starting a new run")
+        if self.world > 1:  # every process starts from rank 0's weights (each seeded its own init)
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, 0)
         if self.is_main:
             if os.path.exists(os.path.join(a.out, "diverged.json")):
                 os.remove(os.path.join(a.out, "diverged.json"))
