@@ -25,7 +25,8 @@ PRESET        digits (default; offline, CPU, minutes to an hour)
 -h, --help    this text
 
 Environment: RUNS_DIR (default runs/<preset>[-quick]), RESULTS_DIR (default results/<preset>[-quick]),
-DATA_DIR, EVAL_N / AA_N (test points for the final PGD / AutoAttack evaluations; default all, 40 / 20
+DATA_DIR, EVAL_N / AA_N (test points for the final PGD / AutoAttack evaluations; default all (AA_N 100 on
+digits), 40 / 20
 with --quick). Logs of each job: RUNS_DIR/<run>/train.log, eval.log, and job.log (its summary).
 Reuse rules: a run whose log.csv reached its last epoch (and has ckpt.pt) is not retrained; an
 evaluation whose JSON exists is not redone (delete the JSON to redo it); a run that collapsed
@@ -135,6 +136,8 @@ else
   unset RUN_ALL_QUICK_AA
 fi
 TRAIN+=("${CURVE[@]}")
+# digits: standard AutoAttack on CPU costs minutes per target and 100 points, so it takes a fixed subset of 100
+[[ $PRESET == digits ]] && AA_N=${AA_N:-100}
 EVAL_N=${EVAL_N:-0} AA_N=${AA_N:-0}  # 0: the whole test set
 PGD_ARGS=("${EVAL[@]}" --n "$EVAL_N")
 AA_ARGS=("${EVAL[@]}" --n "$AA_N")
