@@ -223,7 +223,7 @@ class FolderLoader:
     """A DataLoader over an ImageFolder whose order is seeded by (seed, epoch); batches moved to the device."""
 
     def __init__(self, dataset, bs: int, device, shuffle=True, seed=0, workers=8, rank=0, world=1):
-        self.dataset, self.device, self.seed = dataset, device, seed
+        self.device = device
         self.sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle, seed, drop_last=shuffle)
         self.loader = torch.utils.data.DataLoader(dataset, bs // world, sampler=self.sampler, num_workers=workers,
                                                   drop_last=shuffle,

@@ -10,19 +10,14 @@ import torch.nn.functional as F
 import train_common as tc
 from attacks import attack, kl_to_clean, trades_perturb
 from moe import balance_loss
+from train_st import st_loss
 
 METHODS = ("at", "trades", "advmoe")
 
 
-def routed_ce(model, x, y, balance: float):
-    """CE of the MoE at x plus the load-balancing loss of its routing there."""
-    logits, gates, idx = model.forward_with_routing(x)
-    return F.cross_entropy(logits, y) + balance * balance_loss(gates, idx)
-
-
 def at_loss(model, x, y, args):
     x_adv = attack(model, x, y, "whole", args.eps, args.step_size, args.steps)
-    return routed_ce(model, x_adv, y, args.balance)
+    return st_loss(model, x_adv, y, args.balance)  # the ST loss at x + d
 
 
 def trades_loss(model, x, y, args):

@@ -200,6 +200,7 @@ class Run:
         x_test, y_test = data.test_subset(self.test_set, args.eval_n)
         self.x_test, self.y_test = x_test.to(self.device), y_test.to(self.device)
         self.ckpt_path = os.path.join(args.out, CKPT)
+        self.log_path = os.path.join(args.out, "log.csv")
         self.model = None
         self.epoch = self.global_step = 0
         self.saved_epoch = 0  # epochs done in the checkpoint this run wrote or resumed from
@@ -375,24 +376,22 @@ class Run:
         self.write_log(self.read_log() + [row])
 
     def read_log(self) -> list:
-        path = os.path.join(self.args.out, "log.csv")
-        if not os.path.exists(path):
+        if not os.path.exists(self.log_path):
             return []
-        with open(path, newline="") as f:
+        with open(self.log_path, newline="") as f:
             return list(csv.DictReader(f))
 
     def write_log(self, rows: list) -> None:
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        path = os.path.join(self.args.out, "log.csv")
-        with open(path + ".tmp", "w", newline="") as f:
+        with open(self.log_path + ".tmp", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(path + ".tmp", path)
+        os.replace(self.log_path + ".tmp", self.log_path)
 
     def trim_log(self, start: int) -> None:
         """Keep only log rows of epochs before `start` (a fresh run starts an empty log)."""
-        if os.path.exists(os.path.join(self.args.out, "log.csv")):
+        if os.path.exists(self.log_path):
             self.write_log([row for row in self.read_log() if int(row["epoch"]) <= start])
 
     def diverged(self, message: str):

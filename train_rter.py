@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import train_common as tc
 from attacks import attack, kl_to_clean, pgd
 from moe import next_best_expert
-from train_at import routed_ce
+from train_st import st_loss
 
 
 def add_rter_flags(p):
@@ -37,7 +37,7 @@ def check_rter_args(args):
 
 def rter_loss(model, x, y, args):
     x_adv = attack(model, x, y, "whole", args.eps, args.step_size, args.steps)
-    loss = routed_ce(model, x_adv, y, args.balance)
+    loss = st_loss(model, x_adv, y, args.balance)
     if args.beta == 0:
         return loss
     if args.kl_experts == "second":
