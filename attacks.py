@@ -183,6 +183,20 @@ def top1_expert(model, x):
     return model.gates(x).argmax(1)
 
 
+def adversarial_batches(model, x, y, target: str, attack_name: str = "pgd", eps: float = 8 / 255,
+                        step: float = 2 / 255, steps: int = 50, bs: int = 256):
+    """Yield (rows, x_adv) for consecutive batches of bs rows: the attack on one target of model."""
+    for start in range(0, len(x), bs):
+        rows = slice(start, start + bs)
+        if attack_name == "pgd":
+            x_adv = attack(model, x[rows], y[rows], target, eps, step, steps)
+        elif attack_name == "aa":
+            x_adv = autoattack(model, x[rows], y[rows], target, eps, bs)
+        else:
+            raise ValueError(f"unknown attack {attack_name!r}; choose pgd or aa")
+        yield rows, x_adv
+
+
 def evaluate_attack(model, x, y, target: str, attack_name: str = "pgd", eps: float = 8 / 255,
                     step: float = 2 / 255, steps: int = 50, bs: int = 256, progress=None):
     """Per-row (correct on the full model at x_adv, same top-1 expert as at x) for one attack and target.
@@ -192,20 +206,13 @@ def evaluate_attack(model, x, y, target: str, attack_name: str = "pgd", eps: flo
     correct, same_route = [], []
     has_gates = hasattr(model, "gates")
     with eval_mode(model):
-        for start in range(0, len(x), bs):
-            xb, yb = x[start:start + bs], y[start:start + bs]
-            if attack_name == "pgd":
-                x_adv = attack(model, xb, yb, target, eps, step, steps)
-            elif attack_name == "aa":
-                x_adv = autoattack(model, xb, yb, target, eps, bs)
-            else:
-                raise ValueError(f"unknown attack {attack_name!r}; choose pgd or aa")
+        for rows, x_adv in adversarial_batches(model, x, y, target, attack_name, eps, step, steps, bs):
             with torch.no_grad():
-                correct.append(model(x_adv).argmax(1) == yb)
+                correct.append(model(x_adv).argmax(1) == y[rows])
                 if has_gates:
-                    same_route.append(top1_expert(model, x_adv) == top1_expert(model, xb))
+                    same_route.append(top1_expert(model, x_adv) == top1_expert(model, x[rows]))
             if progress is not None:
-                progress.update(len(xb))
+                progress.update(len(x_adv))
     return torch.cat(correct), (torch.cat(same_route) if has_gates else None)
 
 

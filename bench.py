@@ -311,10 +311,7 @@ def main(argv=None):
     print(text, flush=True)
     if os.path.dirname(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = f"{args.out}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, args.out)
+    tc.atomic_write(args.out, json.dumps(res, indent=1))
     print(f"wrote {args.out}")
     return res
 

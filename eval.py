@@ -17,12 +17,13 @@ from tqdm import tqdm
 
 import data
 import train_common as tc
-from attacks import clean_correct, eval_mode, evaluate_attack
+from attacks import adversarial_batches, clean_correct, eval_mode, evaluate_attack
 from moe import DualMoE, check_alpha
 
 SINGLE_TARGETS = {"pgd": ("whole", "experts", "router"), "aa": ("whole", "experts", "router"),
                   "smooth": ("smooth", "experts", "router")}
 DUAL_TARGETS = ("dual", "rmoe", "smoe")
+ALPHA_FREE = ("rmoe", "smoe")  # attacks on one MoE of the pair: one attack serves every alpha
 COLUMN = {"whole": "ra", "smooth": "ra", "dual": "ra", "experts": "ra_e", "router": "ra_r",
           "rmoe": "ra_rmoe", "smoe": "ra_smoe"}
 
@@ -102,6 +103,32 @@ def measure(model, x, y, targets, args, eps, step) -> dict:
     return out
 
 
+def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
+    """One row per alpha: SA and the dual model's accuracy under each target's attack, in percent."""
+    rows = []
+    for alpha in alphas:
+        model.alpha = alpha
+        rows.append({"alpha": alpha, "sa": 100 * clean_correct(model, x, y).float().mean().item()})
+    attack_name = "aa" if args.attack == "aa" else "pgd"
+    attacks_run = sum(1 if t in ALPHA_FREE else len(alphas) for t in targets)
+    with eval_mode(model), tqdm(total=len(x) * attacks_run, desc=f"{args.attack} eps={eps:.4g}", leave=False) as bar:
+        for target in targets:
+            groups = [rows] if target in ALPHA_FREE else [[row] for row in rows]
+            for group in groups:
+                model.alpha = group[0]["alpha"]
+                correct = torch.zeros(len(group))
+                for batch, x_adv in adversarial_batches(model, x, y, target, attack_name, eps, step, args.steps,
+                                                        args.bs):
+                    with torch.no_grad():
+                        for j, row in enumerate(group):
+                            model.alpha = row["alpha"]
+                            correct[j] += (model(x_adv).argmax(1) == y[batch]).sum().item()
+                    bar.update(len(x_adv))
+                for j, row in enumerate(group):
+                    row[COLUMN[target]] = 100 * correct[j].item() / len(y)
+    return rows
+
+
 def markdown(rows, columns) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])
@@ -136,22 +163,19 @@ def main(argv=None):
     else:
         if args.attack == "smooth":
             raise ValueError("the smooth attack is defined for single MoEs; use pgd or aa for dual models")
-        alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else [run_args.get("alpha", 0.7)]
-        rows = []
-        for alpha in alphas:
-            model.alpha = check_alpha(alpha)
-            row = {"alpha": alpha, **measure(model, x, y, args.targets or DUAL_TARGETS, args, eps, step)}
+        alphas = [check_alpha(float(a)) for a in args.alphas.split(",")] if args.alphas else [run_args.get("alpha", 0.7)]
+        rows = measure_dual(model, x, y, alphas, args.targets or DUAL_TARGETS, args, eps, step)
+        for row in rows:
+            model.alpha = row["alpha"]
             row["margin_rob"] = class_margins(model.rob, x, y, info.num_classes)
             row["margin_dual"] = class_margins(model, x, y, info.num_classes)
-            rows.append(row)
         result = {**base, "kind": "jtdmoe" if args.ckpt else "pretrained", "rows": rows}
         columns = [c for c in ("alpha", "sa", "ra", "ra_rmoe", "ra_smoe") if c in rows[0]]
         name = f"dual_{args.attack}"
     table = markdown(rows, columns)
-    with open(os.path.join(out_dir, name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(out_dir, name + ".md"), "w") as f:
-        f.write(table)
+    # written whole or not at all: run_all.sh reuses any JSON it finds
+    tc.atomic_write(os.path.join(out_dir, name + ".md"), table)
+    tc.atomic_write(os.path.join(out_dir, name + ".json"), json.dumps(result, indent=1))
     print(table, end="")
     print(f"wrote {os.path.join(out_dir, name + '.json')}")
     return result

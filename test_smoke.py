@@ -3,6 +3,7 @@
 CPU only, tiny models, the bundled digits data; the whole file runs in a few minutes on 2 cores.
     python -m pytest -q
 """
+import argparse
 import csv
 import json
 import math
@@ -489,6 +490,36 @@ def test_dual_targets_attack_the_right_model():
     d.train()
     x_adv = attacks.attack(d, x, y, "rmoe", eps=0.1, step=0.05, steps=2)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and all_training(d)
+
+
+def sweep(d, x, y, alphas, targets, eps=0.1):
+    import eval as ev
+    torch.manual_seed(0)
+    args = argparse.Namespace(attack="pgd", steps=3, bs=len(x))
+    return ev.measure_dual(d, x, y, alphas, targets, args, eps, eps / 2)
+
+
+def test_dual_sweep_attacks_each_moe_once_and_judges_every_alpha():
+    std, rob = dual_pair()
+    d = moe.DualMoE(std, rob, 0.7).eval()
+    x, _ = batch(32)
+    with torch.no_grad():
+        y = rob(x).argmax(1)  # labels the robust MoE gets right, so accuracies are not all 0
+    rows = sweep(d, x, y, [0.5, 0.7, 1.0], ["rmoe", "smoe"])
+    for target, key in (("rmoe", "ra_rmoe"), ("smoe", "ra_smoe")):
+        torch.manual_seed(0)
+        if target == "smoe":  # the sweep attacked rmoe first: replay it to reach the same random start
+            attacks.attack(d, x, y, "rmoe", 0.1, 0.05, 3)
+        x_adv = attacks.attack(d, x, y, target, 0.1, 0.05, 3)
+        with torch.no_grad():
+            for row in rows:
+                d.alpha = row["alpha"]
+                assert row[key] == 100 * (d(x_adv).argmax(1) == y).sum().item() / len(y), (target, row)
+                assert row["sa"] == 100 * (d(x).argmax(1) == y).float().mean().item()
+    assert rows[-1]["sa"] == 100.0 and rows[-1]["ra_rmoe"] < 100.0
+    # at alpha = 1 the dual model is the robust MoE, so attacking it is attacking the robust MoE
+    (at_one,) = sweep(d, x, y, [1.0], ["dual"])
+    assert at_one["ra"] == rows[-1]["ra_rmoe"]
 
 
 def test_pretrained_vit_offline_is_a_clear_value_error(tmp_path, monkeypatch):
