@@ -64,7 +64,14 @@ def parse_args(argv=None):
 
 
 def load_models(args):
-    """(model, run args of the robust / single MoE, is_dual)."""
+    """(model, run args of the robust / single MoE, is_dual), in the memory format the run trained in."""
+    model, run_args, dual = load_checkpoints(args)
+    if run_args.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return model, run_args, dual
+
+
+def load_checkpoints(args):
     if args.ckpt:
         model, ckpt = tc.model_from_checkpoint(args.ckpt, combine=args.combine)
         run_args = ckpt["args"]

@@ -261,7 +261,7 @@ else
   # order = priority: the runs others depend on first, then the long ones
   add_job st "pgd aa smooth" train_st.py
   add_job rter "pgd aa smooth" train_rter.py --beta 6
-  add_job at "pgd aa smooth" train_at.py --method at
+  add_job at "pgd smooth" train_at.py --method at  # no table shows AT under AutoAttack
   add_job dual_pretrained "pgd aa"
   add_job jtdmoe_a0.7 "pgd aa" train_jtdmoe.py --std "$RUNS/st/ckpt.pt" --rob "$RUNS/rter/ckpt.pt" --alpha 0.7
   for a in 0.5 0.6 0.8; do
@@ -421,7 +421,13 @@ deps_met() {
 }
 
 echo "run_all: preset $PRESET$( ((QUICK)) && echo " (quick)"), $NJOBS runs, $JOBS job(s) at once on $( ((ON_GPU)) && echo GPU || echo CPU); runs in $RUNS, results in $RESULTS"
-((DRY_RUN)) || mkdir -p "$RUNS" "$RESULTS" || die "cannot create $RUNS or $RESULTS"
+if ((!DRY_RUN)); then
+  mkdir -p "$RUNS" "$RESULTS" || die "cannot create $RUNS or $RESULTS"
+  # every job inherits this lock, so it is held until the last job of this run_all.sh is gone (even one left
+  # behind by a kill -9): a second run_all.sh on the same runs would train the same runs twice at once
+  exec 9>>"$RUNS/.lock"
+  flock -n 9 || die "another run_all.sh (or a job left from one) is still working in $RUNS; wait for it to end or stop it (fuser -k $RUNS/.lock), then run this again"
+fi
 
 while :; do
   for ((i = 0; i < NJOBS; i++)); do

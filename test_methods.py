@@ -9,7 +9,6 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -26,6 +25,7 @@ import train_common as tc
 import train_jtdmoe
 import train_rter
 import train_st
+from conftest import Launched
 
 REPO = Path(__file__).resolve().parent
 # every tiny training run: one epoch, a 2-step training attack and a short per-epoch evaluation
@@ -449,21 +449,6 @@ def cli_env(tmp):
     return env
 
 
-class Launched:
-    def __init__(self, proc, timeout=400):
-        self.proc, self.timeout, self._done = proc, timeout, None
-
-    def result(self):
-        if self._done is None:
-            try:
-                out, err = self.proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                out, err = self.proc.communicate()
-            self._done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
-        return self._done
-
-
 QUICK = [*TINY, "--bs", "512"]
 
 
@@ -512,13 +497,10 @@ def cli(ckpts, tmp_path_factory):
     runs = types.SimpleNamespace(tmp=tmp, procs={}, good_ckpt=good)
     env = cli_env(tmp)
     for name, argv in cli_plan(tmp, ckpts).items():
-        runs.procs[name] = Launched(subprocess.Popen([sys.executable, *argv], cwd=tmp, env=env, text=True,
-                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        runs.procs[name] = Launched([sys.executable, *argv], tmp, env, timeout=400)
     yield runs
     for r in runs.procs.values():
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
+        r.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -46,19 +47,29 @@ def show(proc):
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
 
 
-def test_quick_digits_end_to_end_then_everything_reused(tmp_path):
+QUICK = ["digits", "--quick", "--jobs", "2"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One uninterrupted quick digits pipeline: (runs, results, env, cwd, seconds, {k: table k bytes})."""
+    tmp_path = tmp_path_factory.mktemp("quick")
     runs, results = tmp_path / "runs", tmp_path / "results"
     env = env_for(tmp_path, RUNS_DIR=str(runs), RESULTS_DIR=str(results))
-    args = ["digits", "--quick", "--jobs", "2"]
-
-    first, took = run_all(args, env, tmp_path)
+    first, took = run_all(QUICK, env, tmp_path)
     assert first.returncode == 0, show(first)
     print(f"first quick run: {took:.1f}s")
     lines = job_lines(first.stdout)
     assert ("start", "st") in lines and ("done", "st") in lines, first.stdout
     assert re.search(r"total [\d.]+s", first.stdout)
+    tables = {k: (results / f"table{k}.md").read_bytes() for k in range(1, 11) if (results / f"table{k}.md").exists()}
+    return runs, results, env, tmp_path, took, tables
 
-    tables = {}
+
+def test_quick_digits_end_to_end_then_everything_reused(quick):
+    runs, results, env, tmp_path, took, tables = quick
+    args = QUICK
+    assert len(tables) == 10
     for k in range(1, 11):
         path = results / f"table{k}.md"
         assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
@@ -66,7 +77,7 @@ def test_quick_digits_end_to_end_then_everything_reused(tmp_path):
         title = text.splitlines()[0]
         assert title.startswith(f"# Table {k}:") and "preset digits" in title and "eps 0.15" in title, title
         assert "bash run_all.sh digits --quick" in title, title
-        tables[k] = path.read_bytes()
+        assert tables[k] == path.read_bytes()
     for k in range(2, 8):
         path = results / f"fig{k}.png"
         assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
@@ -96,7 +107,6 @@ def test_quick_digits_end_to_end_then_everything_reused(tmp_path):
     assert (runs / "rter" / "ckpt.pt").stat().st_mtime_ns == ckpt_time
     for k in range(1, 11):
         assert (results / f"table{k}.md").read_bytes() == tables[k], f"table{k}.md changed on the second run"
-    assert took2 < max(60.0, took / 2), f"second run took {took2:.0f}s"
 
     # a run that collapsed (diverged.json) is reported as a collapse, not an error, and not retrained
     (runs / "rter_b9" / "diverged.json").write_text(json.dumps({"message": "loss became nan at epoch 2, step 3",
@@ -108,16 +118,42 @@ def test_quick_digits_end_to_end_then_everything_reused(tmp_path):
     assert "collapsed (loss became nan at epoch 2, step 3)" in table9 and "last good checkpoint (epoch 1)" in table9
 
 
+def test_killed_midway_then_rerun_finishes_with_the_same_tables(tmp_path, quick):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    env = env_for(tmp_path, RUNS_DIR=str(runs), RESULTS_DIR=str(results))
+    proc = subprocess.Popen(["bash", RUN_ALL, *QUICK], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:  # stop it once rter has a checkpoint after epoch 1 of 2: mid-training, with something to resume
+        log = runs / "rter" / "log.csv"
+        while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            assert proc.poll() is None, "run_all ended before it could be killed: " + proc.stderr.read()[-2000:]
+            time.sleep(0.05)
+        busy, _ = run_all(QUICK, env, tmp_path, timeout=60)  # a second run_all on the same runs is refused
+        assert busy.returncode == 1 and "still working in" in busy.stderr, show(busy)
+        proc.send_signal(signal.SIGTERM)  # what `kill PID` sends
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Run the same command again" in err, err[-2000:]
+    assert not (results / "table1.md").exists()
+
+    rerun, _ = run_all(QUICK, env, tmp_path)
+    assert rerun.returncode == 0, show(rerun)
+    assert "resuming" in (runs / "rter" / "train.log").read_text()
+    for k in range(1, 11):
+        assert (results / f"table{k}.md").read_bytes() == quick[5][k], f"table{k}.md differs from the uninterrupted run"
+
+
 def test_paper_preset_without_data_stops_before_training(tmp_path):
     runs = tmp_path / "runs"
     env = env_for(tmp_path, DATA_DIR="/nonexistent", RUNS_DIR=str(runs), RESULTS_DIR=str(tmp_path / "results"))
-    proc, took = run_all(["cifar10"], env, tmp_path, timeout=120)
+    proc, _ = run_all(["cifar10"], env, tmp_path, timeout=120)
     assert proc.returncode != 0, show(proc)
     message = proc.stderr.strip().splitlines()
     assert len(message) == 1, proc.stderr
     assert "data" in message[0].lower() and "/nonexistent" in message[0], message[0]
     assert "Traceback" not in proc.stderr and not runs.exists()
-    assert took < 30
 
 
 def test_a_failing_job_stops_run_all_with_its_reason(tmp_path):
@@ -174,3 +210,16 @@ def test_report_without_runs_writes_na_tables(tmp_path):
     for k in range(2, 8):
         assert (out / f"fig{k}.png").read_bytes()[:8] == PNG
     assert json.loads((out / "results.json").read_text())["preset"] == "cifar10"
+
+
+def test_readme_shows_the_committed_digits_results():
+    """README's digits tables are results/digits/table*.md verbatim, and the figure it embeds exists."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        readme = f.read()
+    for k in range(1, 11):
+        with open(os.path.join(HERE, "results", "digits", f"table{k}.md")) as f:
+            table = f.read().strip()
+        assert "##" + table in readme, f"README does not show results/digits/table{k}.md as it is"  # '# T' -> '### T'
+    for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme):
+        with open(os.path.join(HERE, figure), "rb") as f:
+            assert f.read(8) == PNG, figure

@@ -10,7 +10,6 @@ import math
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import data
 import moe
 import train_common as tc
 import train_st
+from conftest import Launched
 
 REPO = Path(__file__).resolve().parent
 # what every tiny training run shares: a short per-epoch evaluation and a cheap training attack
@@ -89,30 +89,6 @@ def cli_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MOE_DEBUG"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(Path(tmp_path) / "hf"), OMP_NUM_THREADS="1")
     return env
-
-
-class Launched:
-    """A subprocess started now and collected when a test needs its result."""
-
-    def __init__(self, argv, cwd, env, timeout=300):
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        self.timeout, self._done = timeout, None
-
-    def result(self):
-        if self._done is None:
-            try:
-                out, err = self.proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                out, err = self.proc.communicate()
-            self._done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
-        return self._done
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate()
 
 
 # name -> (script and flags, words the one error line must contain); train runs get tiny flags so that a
@@ -196,6 +172,17 @@ def test_moe_output_matches_row_by_row_reference(topk):
     # a row's output does not depend on which other rows share its batch
     torch.testing.assert_close(torch.cat([model(x[b:b + 1]) for b in range(len(x))]), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("topk", [1, 2])
+@torch.no_grad()
+def test_channels_last_moe_computes_the_same_function(topk):
+    x, _ = batch()
+    expected = tiny_moe(topk).eval()(x)
+    model = tiny_moe(topk).eval().to(memory_format=torch.channels_last)  # the digits default
+    assert model.experts[0].features[2].weight.is_contiguous(memory_format=torch.channels_last)
+    for inputs in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(model(inputs), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("topk", [1, 2])

@@ -22,12 +22,14 @@ from attacks import clean_correct, evaluate_attack
 from moe import ARCHS, DualMoE, MoE, build_moe, check_routing
 
 # per dataset: what a flag left unset becomes. digits balances harder: at 0.01 every digits router
-# collapsed onto one expert (measured), which leaves RT-ER's second expert untrained by the CE.
+# collapsed onto one expert (measured), which leaves RT-ER's second expert untrained by the CE. channels_last
+# made a digits RT-ER epoch 26 % faster on CPU (oneDNN's small convolutions); on GPUs it is a choice.
 DEFAULTS = {
-    "digits": dict(arch="cnn", epochs=30, bs=64, lr=1e-3, eval_n=0, balance=0.1),
-    "cifar10": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01),
-    "tinyimagenet": dict(arch="vit_small", epochs=10, bs=128, lr=1e-4, eval_n=1000, balance=0.01),
-    "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000, balance=0.01),
+    "digits": dict(arch="cnn", epochs=30, bs=64, lr=1e-3, eval_n=0, balance=0.1, channels_last=True),
+    "cifar10": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
+    "tinyimagenet": dict(arch="vit_small", epochs=10, bs=128, lr=1e-4, eval_n=1000, balance=0.01,
+                         channels_last=False),
+    "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
 }
 CKPT = "ckpt.pt"
 # AdvMoE steps one of two optimisers per batch while both schedules advance; the warning is noise there
@@ -74,7 +76,8 @@ def base_parser(description: str, method: str) -> argparse.ArgumentParser:
     g.add_argument("--eval-steps", type=int, default=50, help="PGD steps of the per-epoch RA")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default on for digits, off otherwise)")
     g.add_argument("--compile", action="store_true", help="torch.compile each expert")
     g.add_argument("--workers", type=int, default=8, help="data-loader workers (ImageFolder datasets)")
     return p
