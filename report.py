@@ -642,6 +642,40 @@ def figure_alpha(report, path, title, attack, paper_points=None):
             "paper": paper_points}
 
 
+def figure_routing(report, path, title):
+    """Share of clean test points each expert gets as top-1, at each run's last evaluation: one bar per run."""
+    import matplotlib.pyplot as plt
+    shares = {}
+    for run, rec in sorted(report.runs.items()):
+        rows = [r for r in (rec or {}).get("log") or [] if finite(r.get("usage_0"))]
+        if rows:
+            keys = sorted((k for k in rows[-1] if k.startswith("usage_")), key=lambda k: int(k[6:]))
+            shares[run] = [100 * rows[-1][k] for k in keys]
+    fig, ax = plt.subplots(figsize=(8, 1.8 + 0.3 * max(len(shares), 1)), dpi=120)
+    for i, row in enumerate(shares.values()):
+        left = 0.0
+        for e, share in enumerate(row):
+            ax.barh(i, share, left=left, color=f"C{e}", label=f"expert {e}")
+            left += share
+    if shares:
+        ax.set_yticks(range(len(shares)), list(shares))
+        ax.invert_yaxis()
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one legend entry per expert
+        ax.legend(unique.values(), unique.keys(), fontsize=8, ncol=len(unique), loc="lower center",
+                  bbox_to_anchor=(0.5, 1.0), frameon=False)
+    else:
+        no_data(ax)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of clean test points routed to each expert as top-1 (%)")
+    ax.set_ylabel("run")
+    ax.set_title(title, fontsize=10, pad=26)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return shares
+
+
 def figures(report, out):
     import matplotlib
     matplotlib.use("Agg")
@@ -689,6 +723,9 @@ def figures(report, out):
                                   f"Figure {name[3:]}: pre-trained dual model (ST + RT-ER) vs alpha | preset {p}{q}\n"
                                   f"{what}, eps {fmt_eps(blob.get('eps'), p)}, n={blob.get('n', NA)} test points",
                                   attack, paper_points)
+    data["routing"] = figure_routing(report, os.path.join(out, "routing.png"),
+                                     f"Expert usage at each run's last evaluation | preset {p}{q}\n"
+                                     f"(a collapsed router sends every point to one expert)")
     return data
 
 
@@ -726,7 +763,7 @@ def main(argv=None):
             f.write(getattr(report, f"table{k}")())
         print(f"wrote {path}")
     figs = figures(report, out)
-    print(f"wrote {', '.join(os.path.join(out, f'fig{k}.png') for k in range(2, 8))}")
+    print(f"wrote {', '.join(os.path.join(out, f'fig{k}.png') for k in range(2, 8))}, {os.path.join(out, 'routing.png')}")
     blob = {"preset": args.preset, "quick": args.quick, "command": command, "runs_dir": os.path.abspath(runs_dir),
             "problems": problems, "tables": report.tables, "figures": figs,
             "paper": PAPER, "runs": runs}
