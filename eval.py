@@ -170,7 +170,8 @@ def main(argv=None):
     else:
         if args.attack == "smooth":
             raise ValueError("the smooth attack is defined for single MoEs; use pgd or aa for dual models")
-        alphas = [check_alpha(float(a)) for a in args.alphas.split(",")] if args.alphas else [run_args.get("alpha", 0.7)]
+        given = args.alphas.split(",") if args.alphas else [run_args.get("alpha", 0.7)]
+        alphas = [check_alpha(float(a)) for a in given]
         rows = measure_dual(model, x, y, alphas, args.targets or DUAL_TARGETS, args, eps, step)
         for row in rows:
             model.alpha = row["alpha"]

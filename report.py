@@ -763,7 +763,8 @@ def main(argv=None):
             f.write(getattr(report, f"table{k}")())
         print(f"wrote {path}")
     figs = figures(report, out)
-    print(f"wrote {', '.join(os.path.join(out, f'fig{k}.png') for k in range(2, 8))}, {os.path.join(out, 'routing.png')}")
+    names = [f"fig{k}.png" for k in range(2, 8)] + ["routing.png"]
+    print(f"wrote {', '.join(os.path.join(out, name) for name in names)}")
     blob = {"preset": args.preset, "quick": args.quick, "command": command, "runs_dir": os.path.abspath(runs_dir),
             "problems": problems, "tables": report.tables, "figures": figs,
             "paper": PAPER, "runs": runs}

@@ -472,6 +472,7 @@ def cli_plan(tmp, ck):
                            "--out", str(tmp / "bad_eval_alpha")],
         "bad_beta": ["train_rter.py", "--beta", "-1", *QUICK],
         "bad_kl_attack": ["train_rter.py", "--kl-attack", "bogus", *QUICK],
+        "bad_balance": ["train_at.py", "--balance", "-0.1", *QUICK],
         # divergence: beta 1e39 overflows float32, so the loss is inf (or nan) at the first batch
         "diverge_fresh": ["train_rter.py", "--beta", "1e39", *QUICK],
         "diverge_resume": ["train_rter.py", "--beta", "1e39", "--resume", *QUICK, "--epochs", "2"],
@@ -484,7 +485,8 @@ def cli_plan(tmp, ck):
 
 
 BAD_WORDS = {"bad_alpha_low": ["alpha", "0.3"], "bad_alpha_high": ["alpha", "1.2"], "bad_eval_alpha": ["alpha", "0.4"],
-             "bad_beta": ["beta", "-1"], "bad_kl_attack": ["--kl-attack", "bogus"]}
+             "bad_beta": ["beta", "-1"], "bad_kl_attack": ["--kl-attack", "bogus"],
+             "bad_balance": ["--balance", "-0.1"]}
 
 
 @pytest.fixture(scope="session")
