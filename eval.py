@@ -64,14 +64,7 @@ def parse_args(argv=None):
 
 
 def load_models(args):
-    """(model, run args of the robust / single MoE, is_dual), in the memory format the run trained in."""
-    model, run_args, dual = load_checkpoints(args)
-    if run_args.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    return model, run_args, dual
-
-
-def load_checkpoints(args):
+    """(model, run args of the robust / single MoE, is_dual)."""
     if args.ckpt:
         model, ckpt = tc.model_from_checkpoint(args.ckpt, combine=args.combine)
         run_args = ckpt["args"]
@@ -148,6 +141,8 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     model = model.to(device).eval()
+    if run_args.get("channels_last"):  # evaluate in the memory format the run trained in
+        model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(args.seed)
     info = data.dataset_info(run_args["dataset"])
     _, test = data.load_dataset(run_args["dataset"], args.data_dir or run_args.get("data_dir", "data"))
