@@ -275,14 +275,19 @@ class Report:
         header += ["worst"] + (["worst paper"] if self.paper_ds else [])
         return header + [n for n, _ in routes]
 
-    def single_cells(self, ev, paper, routes=()):
+    def metric_cells(self, metrics, ev, paper):
+        """Our value of each (name, key) metric, the paper's beside it on paper presets; and the record."""
         cells, record = [], {}
-        ev = ev or {}
-        for i, (_, key) in enumerate(SINGLE):
+        for i, (_, key) in enumerate(metrics):
             cells.append(fmt(ev.get(key)))
             if self.paper_ds:
                 cells.append(fmt(paper[i]) if paper else NA)
             record[key] = ev.get(key)
+        return cells, record
+
+    def single_cells(self, ev, paper, routes=()):
+        ev = ev or {}
+        cells, record = self.metric_cells(SINGLE, ev, paper)
         worst = ev.get("worst")
         if not finite(worst) and all(finite(ev.get(k)) for k in ("ra", "ra_e", "ra_r")):
             worst = min(ev["ra"], ev["ra_e"], ev["ra_r"])
@@ -303,13 +308,7 @@ class Report:
         return header
 
     def dual_cells(self, ev, paper):
-        cells, record = [], {}
-        ev = ev or {}
-        for i, (_, key) in enumerate(DUAL):
-            cells.append(fmt(ev.get(key)))
-            if self.paper_ds:
-                cells.append(fmt(paper[i]) if paper else NA)
-            record[key] = ev.get(key)
+        cells, record = self.metric_cells(DUAL, ev or {}, paper)
         record["paper"] = list(paper) if paper else None
         return cells, record
 

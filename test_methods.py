@@ -563,15 +563,21 @@ def test_eval_cli_pretrained_pair_at_alpha_one_is_the_robust_moe(cli):
     assert at_one["sa"] == rob["sa"], (at_one["sa"], rob["sa"])
 
 
+def the_error_line(proc) -> str:
+    """The one 'error:' line a failing CLI must print on stderr, and no traceback."""
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+    return lines[0]
+
+
 @pytest.mark.parametrize("name", list(BAD_WORDS))
 def test_bad_input_gives_one_line_error(cli, name):
     proc = cli.procs[name].result()
     assert proc.returncode not in (0, None) and proc.returncode > 0, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+    line = the_error_line(proc)
     for w in BAD_WORDS[name]:
-        assert w in lines[0], (w, lines[0])
+        assert w in line, (w, line)
     assert not (cli.tmp / name / "ckpt.pt").exists()
 
 
@@ -579,10 +585,8 @@ def test_divergence_before_any_checkpoint(cli):
     proc = cli.procs["diverge_fresh"].result()
     out = cli.tmp / "diverge_fresh"
     assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert "epoch 1, step 1" in lines[0] and "no checkpoint" in lines[0], lines[0]
+    line = the_error_line(proc)
+    assert "epoch 1, step 1" in line and "no checkpoint" in line, line
     info = json.loads((out / "diverged.json").read_text())
     assert info["epoch"] == 1 and "step 1" in info["message"]
     assert not (out / "ckpt.pt").exists()
@@ -592,10 +596,8 @@ def test_divergence_names_the_last_good_checkpoint_and_keeps_it(cli):
     proc = cli.procs["diverge_resume"].result()
     out = cli.tmp / "diverge_resume"
     assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert "epoch 2, step 1" in lines[0] and str(out / "ckpt.pt") in lines[0], lines[0]
+    line = the_error_line(proc)
+    assert "epoch 2, step 1" in line and str(out / "ckpt.pt") in line, line
     info = json.loads((out / "diverged.json").read_text())
     assert info["epoch"] == 2 and "step 1" in info["message"]
     assert (out / "ckpt.pt").read_bytes() == cli.good_ckpt, "the last good checkpoint must stay as it was"
