@@ -155,11 +155,20 @@ class TaggedObjective:
         return frozen_objective(self.model, self.target, [p[rows] for p in self.parts])(z[:, :-1])
 
 
-def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int = 250, seed: int = 0):
-    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; reference code) on one target; returns x_adv."""
+AA_VERSIONS = ("standard", "quick")  # quick: APGD-CE alone, 10 iterations (smoke runs)
+
+
+def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int = 250, seed: int = 0,
+               version: str = "standard"):
+    """AutoAttack (reference code) on one target; returns x_adv.
+
+    standard: APGD-CE, APGD-T, FAB-T, Square; quick: APGD-CE with 10 iterations, for smoke runs only.
+    """
     from pyautoattack import AutoAttack
 
     check_budget(eps)
+    if version not in AA_VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {', '.join(AA_VERSIONS)}")
     if eps == 0:
         return x.detach().clone()
     if eps >= 0.5 and target in ("experts", "router"):
@@ -170,7 +179,12 @@ def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int
             objective, x_in = TaggedObjective(model, target, x), tag_rows(x.detach())
         else:
             objective, x_in = target_objective(model, target, x), x.detach()
-        adversary = AutoAttack(objective, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+        if version == "standard":
+            adversary = AutoAttack(objective, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+        else:
+            adversary = AutoAttack(objective, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"],
+                                   seed=seed, device=x.device)
+            adversary.apgd.n_iter, adversary.apgd.n_restarts = 10, 1
         adversary.verbose = False
         x_adv = adversary.run_standard_evaluation(x_in, y, batch_size=bs)[0].detach()
     return project(x_adv[:, :x.shape[1]], x, eps)
@@ -184,21 +198,21 @@ def top1_expert(model, x):
 
 
 def adversarial_batches(model, x, y, target: str, attack_name: str = "pgd", eps: float = 8 / 255,
-                        step: float = 2 / 255, steps: int = 50, bs: int = 256):
+                        step: float = 2 / 255, steps: int = 50, bs: int = 256, aa_version: str = "standard"):
     """Yield (rows, x_adv) for consecutive batches of bs rows: the attack on one target of model."""
     for start in range(0, len(x), bs):
         rows = slice(start, start + bs)
         if attack_name == "pgd":
             x_adv = attack(model, x[rows], y[rows], target, eps, step, steps)
         elif attack_name == "aa":
-            x_adv = autoattack(model, x[rows], y[rows], target, eps, bs)
+            x_adv = autoattack(model, x[rows], y[rows], target, eps, bs, version=aa_version)
         else:
             raise ValueError(f"unknown attack {attack_name!r}; choose pgd or aa")
         yield rows, x_adv
 
 
 def evaluate_attack(model, x, y, target: str, attack_name: str = "pgd", eps: float = 8 / 255,
-                    step: float = 2 / 255, steps: int = 50, bs: int = 256, progress=None):
+                    step: float = 2 / 255, steps: int = 50, bs: int = 256, progress=None, aa_version="standard"):
     """Per-row (correct on the full model at x_adv, same top-1 expert as at x) for one attack and target.
 
     Routing consistency is None for models without gates (dual models).
@@ -206,7 +220,7 @@ def evaluate_attack(model, x, y, target: str, attack_name: str = "pgd", eps: flo
     correct, same_route = [], []
     has_gates = hasattr(model, "gates")
     with eval_mode(model):
-        for rows, x_adv in adversarial_batches(model, x, y, target, attack_name, eps, step, steps, bs):
+        for rows, x_adv in adversarial_batches(model, x, y, target, attack_name, eps, step, steps, bs, aa_version):
             with torch.no_grad():
                 correct.append(model(x_adv).argmax(1) == y[rows])
                 if has_gates:

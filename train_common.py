@@ -42,8 +42,37 @@ class Divergence(RuntimeError):
 
 # ----------------------------------------------------------------------------- flags
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one `error:` line on stderr (exit 2), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind=float, low=None, high=None):
+    """An argparse type: a finite int / float in [low, high], else one clear line."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            where = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number in {where}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+def markdown_table(header, rows) -> str:
+    """A markdown table; float cells with two decimals, other cells as str()."""
+    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]) + "\n"
+
+
 def base_parser(description: str, method: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(method=method)
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default="digits", help="digits | cifar10 | tinyimagenet | imagenet")
@@ -112,6 +141,21 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         raise ValueError(f"beta must be >= 0, got {args.beta}")
     args.out = args.out or os.path.join("runs", args.dataset, args.method)
     return args
+
+
+def pick_device(name: str = "auto", local_rank: int = None) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a torch.device (cuda:local_rank under torchrun); one line if no GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} asked for, but no GPU is visible")
+        if local_rank is not None:
+            name = f"cuda:{local_rank}"
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -230,15 +274,7 @@ class Run:
         return self.rank == 0
 
     def pick_device(self, name: str) -> torch.device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise ValueError("--device cuda asked for, but no GPU is visible")
-            if self.world > 1:
-                name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(torch.device(name))
-        return torch.device(name)
+        return pick_device(name, int(os.environ.get("LOCAL_RANK", 0)) if self.world > 1 else None)
 
     def autocast(self):
         if self.args.amp and self.device.type == "cuda":
