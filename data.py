@@ -119,8 +119,12 @@ def load_tinyimagenet(data_dir: str, download: bool):
     root = tinyimagenet_root(data_dir, download)
     cache = os.path.join(root, "uint8_cache.pt")
     if os.path.exists(cache):
-        blob = torch.load(cache, weights_only=True)
-        return [ImageTensors(blob[f"{s}_x"], blob[f"{s}_y"]) for s in ("train", "val")]
+        try:
+            blob = torch.load(cache, weights_only=True)
+            return [ImageTensors(blob[f"{s}_x"], blob[f"{s}_y"]) for s in ("train", "val")]
+        except Exception as exc:  # truncated zip, wrong keys, not a tensor dict: all mean a damaged cache
+            raise ValueError(f"the TinyImageNet cache {cache} is damaged ({type(exc).__name__}); "
+                             "delete it and it is rebuilt from the images") from None
     with open(os.path.join(root, "wnids.txt")) as f:
         wnids = [line.strip() for line in f if line.strip()]
     label = {w: i for i, w in enumerate(wnids)}

@@ -108,6 +108,12 @@ def balance_loss(gates: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return num_experts * (routed * gates.mean(0)).sum()
 
 
+def st_loss(model, x, y, balance: float):
+    """The MoE's standard loss CE(F(x), y) + balance * Switch load-balancing loss (ST; AT takes it at x + d)."""
+    logits, gates, idx = model.forward_with_routing(x)
+    return F.cross_entropy(logits, y) + balance * balance_loss(gates, idx)
+
+
 class MoE(nn.Module):
     """F(x) = sum_{i in TopK(x)} a_i(x) f_i(x), a = softmax(linear router on the flattened normalised x).
 

@@ -1,57 +1,46 @@
-"""Adversarial-training baselines for the MoE: Madry AT, TRADES, AdvMoE.
+"""Adversarial-training baselines for the MoE (losses in losses.py):
 
   at:     CE(F(x+d), y), d from PGD-K on the whole MoE
   trades: CE(F(x), y) + trades_beta * KL(F(x) || F(x+d)) / B, d maximising that KL
-  advmoe: AT loss, alternately w.r.t. router parameters and expert parameters, on alternate mini-batches
+  advmoe: the AT loss, w.r.t. the router parameters on even batches and the expert parameters on odd ones
 All add balance * the Switch load-balancing loss at the input the CE is taken on.
 """
-import torch.nn.functional as F
-
 import train_common as tc
-from attacks import attack, kl_to_clean, trades_perturb
-from moe import balance_loss
-from train_st import st_loss
-
-METHODS = ("at", "trades", "advmoe")
-
-
-def at_loss(model, x, y, args):
-    x_adv = attack(model, x, y, "whole", args.eps, args.step_size, args.steps)
-    return st_loss(model, x_adv, y, args.balance)  # the ST loss at x + d
-
-
-def trades_loss(model, x, y, args):
-    x_adv = trades_perturb(model, x, args.eps, args.step_size, args.steps)
-    logits, gates, idx = model.forward_with_routing(x)
-    robust = kl_to_clean(model(x_adv), F.softmax(logits, dim=1)) / len(x)
-    return F.cross_entropy(logits, y) + args.trades_beta * robust + args.balance * balance_loss(gates, idx)
+from losses import at_loss, trades_loss
 
 
 def main(argv=None):
     p = tc.base_parser(__doc__, "at")
-    p.add_argument("--method", default="at", help="at | trades | advmoe")
-    p.add_argument("--trades-beta", type=float, default=6.0, help="TRADES robustness weight")
+    p.add_argument("--method", default="at", choices=("at", "trades", "advmoe"))
+    p.add_argument("--trades-beta", type=tc.number(float, 0), default=6.0, help="TRADES robustness weight")
     args = tc.parse_args(p, argv)
-    if args.method not in METHODS:
-        raise ValueError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
-    if args.trades_beta < 0:
-        raise ValueError(f"--trades-beta must be >= 0, got {args.trades_beta}")
     run = tc.Run(args)
-    model = run.build_moe()
-    if args.method == "advmoe":  # router on even batches, experts on odd ones (different mini-batches)
-        optimizers = {"router": run.optimizer(model.router.parameters()),
-                      "experts": run.optimizer(model.experts.parameters())}
-
-        def train_step(x, y):
-            part = "router" if run.global_step % 2 == 0 else "experts"
-            return {"loss": run.step(at_loss(model, x, y, args), optimizers[part])}
+    model = run.prepare(tc.build_model_from_args(vars(args), args.pretrained))
+    if args.method == "advmoe":  # two optimisers, so each part keeps its own Adam moments
+        opts = {"router": tc.make_optimizer(model.router.parameters(), args),
+                "experts": tc.make_optimizer(model.experts.parameters(), args)}
     else:
-        optimizers = {"opt": run.optimizer(model.parameters())}
-        loss_fn = at_loss if args.method == "at" else trades_loss
-
-        def train_step(x, y):
-            return {"loss": run.step(loss_fn(model, x, y, args), optimizers["opt"])}
-    return run.fit(model, optimizers, train_step)
+        opts = {"opt": tc.make_optimizer(model.parameters(), args)}
+    scheds = {k: tc.make_scheduler(o, args, len(run.loader)) for k, o in opts.items()}
+    start = run.start(model, opts, scheds)
+    attack = (args.eps, args.step_size, args.steps)
+    for epoch in range(start, args.epochs):
+        model.train()
+        for i, (x, y) in enumerate(run.batches(epoch)):
+            with run.autocast():
+                if args.method == "trades":
+                    loss = trades_loss(model, x, y, *attack, args.trades_beta, args.balance)
+                else:
+                    loss = at_loss(model, x, y, *attack, args.balance)
+            if args.method == "advmoe":  # AdvMoE: router and experts updated on different mini-batches
+                step = epoch * len(run.loader) + i
+                run.update(loss, model, opts["router" if step % 2 == 0 else "experts"])
+            else:
+                run.update(loss, model, opts["opt"])
+            for s in scheds.values():
+                s.step()
+        run.end_epoch(epoch)
+    return model
 
 
 if __name__ == "__main__":

@@ -1,26 +1,25 @@
 """JTDMoE (Algorithm 1): joint training of the dual model F_D = (1 - alpha) F_S + alpha F_R.
 
-Per batch: (lower) one step on the robust MoE F_R minimising the RT-ER loss; (upper) one step on
-both MoEs (--upper both) or on F_S alone (--upper std, as the public code) minimising CE(F_D(x), y)
-on clean x. Starts from an ST checkpoint (--std) and an RT-ER checkpoint (--rob).
+Per batch: (lower) one step on the robust MoE F_R minimising the RT-ER loss (losses.rter_loss); (upper) one
+step on both MoEs (--upper both) or on F_S alone (--upper std, as the public code) minimising
+CE(F_D(x), y) on clean x (losses.dual_loss). Starts from an ST checkpoint (--std) and an RT-ER one (--rob).
   python train_jtdmoe.py --std runs/digits/st/ckpt.pt --rob runs/digits/rter/ckpt.pt --alpha 0.7
 """
 import sys
 
-import torch.nn.functional as F
-
 import train_common as tc
-from moe import DualMoE, check_alpha
-from train_rter import add_rter_flags, check_rter_args, rter_loss
+from losses import dual_loss, rter_loss
+from moe import DualMoE
+from train_rter import add_rter_flags, rter_settings
 
 
 def parser():
     p = add_rter_flags(tc.base_parser(__doc__, "jtdmoe"))
     p.add_argument("--std", required=True, help="checkpoint of the standard MoE (train_st.py)")
     p.add_argument("--rob", required=True, help="checkpoint of the robust MoE (train_rter.py)")
-    p.add_argument("--alpha", type=float, default=0.7, help="weight of the robust MoE, in [0.5, 1]")
-    p.add_argument("--combine", default="logits", help="logits | probs: what the dual model mixes")
-    p.add_argument("--upper", default="both", help="both | std: what the upper (clean CE) step updates")
+    p.add_argument("--alpha", type=tc.number(float, 0.5, 1.0), default=0.7, help="weight of the robust MoE")
+    p.add_argument("--combine", default="logits", choices=("logits", "probs"), help="what the dual model mixes")
+    p.add_argument("--upper", default="both", choices=("both", "std"), help="what the upper (clean CE) step updates")
     return p
 
 
@@ -36,21 +35,28 @@ def main(argv=None):
     inherited = ["--dataset", rob_args["dataset"], "--arch", rob_args["arch"], "--experts", str(rob_args["experts"]),
                  "--topk", str(rob_args["topk"]), "--eps", str(rob_args["eps"]), "--epochs", "10"]
     args = tc.parse_args(parser(), inherited + argv)
-    check_alpha(args.alpha)
-    check_rter_args(args)
-    if args.upper not in ("both", "std"):
-        raise ValueError(f"--upper must be both or std, got {args.upper!r}")
+    settings = rter_settings(args)
     run = tc.Run(args)
     dual = run.prepare(DualMoE(std, rob, args.alpha, args.combine))
-    lower = run.optimizer(dual.rob.parameters())
-    upper = run.optimizer(dual.parameters() if args.upper == "both" else dual.std.parameters())
-
-    def train_step(x, y):
-        lower_loss = run.step(rter_loss(dual.rob, x, y, args), lower)
-        return {"loss": run.step(F.cross_entropy(dual(x), y), upper), "lower_loss": lower_loss}
-
-    extra = {"kind": "dual", "std_args": std_args, "rob_args": rob_args}
-    return run.fit(dual, {"lower": lower, "upper": upper}, train_step, extra)
+    lower = tc.make_optimizer(dual.rob.parameters(), args)
+    upper = tc.make_optimizer(dual.parameters() if args.upper == "both" else dual.std.parameters(), args)
+    scheds = {"lower": tc.make_scheduler(lower, args, len(run.loader)),
+              "upper": tc.make_scheduler(upper, args, len(run.loader))}
+    start = run.start(dual, {"lower": lower, "upper": upper}, scheds,
+                      {"kind": "dual", "std_args": std_args, "rob_args": rob_args})
+    for epoch in range(start, args.epochs):
+        dual.train()
+        for x, y in run.batches(epoch):
+            with run.autocast():
+                lower_loss = rter_loss(dual.rob, x, y, **settings)
+            run.update(lower_loss, dual, lower, name="lower_loss")
+            with run.autocast():
+                upper_loss = dual_loss(dual, x, y)
+            run.update(upper_loss, dual, upper)
+            for s in scheds.values():
+                s.step()
+        run.end_epoch(epoch)
+    return dual
 
 
 if __name__ == "__main__":

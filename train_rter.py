@@ -1,4 +1,4 @@
-"""RT-ER, robust training with expert robustification (paper Eq. 2):
+"""RT-ER, robust training with expert robustification (paper Eq. 2; losses.rter_loss):
 
   CE(F(x+d), y) + beta * KL(f_2(x) || f_2(x+d')) / B   (+ balance * Switch load-balancing loss)
 
@@ -8,62 +8,43 @@ as the public code does) or d' = d (shared, cheaper). --kl-experts all sums the 
 (Appendix Table 9). The KL is F.kl_div(log f_2(x+d'), f_2(x)), the TRADES convention, summed over
 classes and averaged over the batch.
 """
-import torch
-import torch.nn.functional as F
-
 import train_common as tc
-from attacks import attack, kl_to_clean, pgd
-from moe import next_best_expert
-from train_st import st_loss
+from losses import KL_ATTACKS, KL_EXPERTS, SECOND_ON, rter_loss
 
 
 def add_rter_flags(p):
-    p.add_argument("--beta", type=float, default=6.0, help="weight of the expert-robustness KL")
-    p.add_argument("--kl-experts", default="second", help="second | all: which experts the KL covers")
-    p.add_argument("--kl-attack", default="separate", help="separate (PGD on those experts) | shared (d' = d)")
-    p.add_argument("--second-on", default="clean", help="clean | adv: input whose gates pick f_2")
+    p.add_argument("--beta", type=tc.number(float, 0), default=6.0, help="weight of the expert-robustness KL")
+    p.add_argument("--kl-experts", default="second", choices=KL_EXPERTS, help="which experts the KL covers")
+    p.add_argument("--kl-attack", default="separate", choices=KL_ATTACKS, help="PGD on those experts, or d' = d")
+    p.add_argument("--second-on", default="clean", choices=SECOND_ON, help="input whose gates pick f_2")
     return p
 
 
-def check_rter_args(args):
-    for flag, value, choices in (("--kl-experts", args.kl_experts, ("second", "all")),
-                                 ("--kl-attack", args.kl_attack, ("separate", "shared")),
-                                 ("--second-on", args.second_on, ("clean", "adv"))):
-        if value not in choices:
-            raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+def rter_settings(args) -> dict:
+    """rter_loss's keyword arguments from the flags; refuses a top-k that leaves no f_2."""
     if args.kl_experts == "second" and args.topk >= args.experts:
         raise ValueError(f"RT-ER needs an expert outside the top-k: topk ({args.topk}) < experts ({args.experts})")
-
-
-def rter_loss(model, x, y, args):
-    x_adv = attack(model, x, y, "whole", args.eps, args.step_size, args.steps)
-    loss = st_loss(model, x_adv, y, args.balance)
-    if args.beta == 0:
-        return loss
-    if args.kl_experts == "second":
-        with torch.no_grad():
-            second = next_best_expert(model.gates(x if args.second_on == "clean" else x_adv), model.topk)
-
-        def experts_out(z):
-            return model.chosen_expert_logits(z, second)
-    else:
-        def experts_out(z):  # every expert; rows stacked as (B * E, C)
-            return model.all_expert_logits(z).flatten(0, 1)
-    x_kl = x_adv
-    if args.kl_attack == "separate":
-        repeat = 1 if args.kl_experts == "second" else model.num_experts
-        x_kl = pgd(experts_out, x, y.repeat_interleave(repeat), args.eps, args.step_size, args.steps, model=model)
-    kl = kl_to_clean(experts_out(x_kl), F.softmax(experts_out(x), dim=1)) / len(x)
-    return loss + args.beta * kl
+    return dict(eps=args.eps, step_size=args.step_size, steps=args.steps, beta=args.beta, balance=args.balance,
+                kl_experts=args.kl_experts, kl_attack=args.kl_attack, second_on=args.second_on)
 
 
 def main(argv=None):
     args = tc.parse_args(add_rter_flags(tc.base_parser(__doc__, "rter")), argv)
-    check_rter_args(args)
+    settings = rter_settings(args)
     run = tc.Run(args)
-    model = run.build_moe()
-    opt = run.optimizer(model.parameters())
-    return run.fit(model, {"opt": opt}, lambda x, y: {"loss": run.step(rter_loss(model, x, y, args), opt)})
+    model = run.prepare(tc.build_model_from_args(vars(args), args.pretrained))
+    opt = tc.make_optimizer(model.parameters(), args)
+    sched = tc.make_scheduler(opt, args, len(run.loader))
+    start = run.start(model, {"opt": opt}, {"opt": sched})
+    for epoch in range(start, args.epochs):
+        model.train()
+        for x, y in run.batches(epoch):
+            with run.autocast():
+                loss = rter_loss(model, x, y, **settings)
+            run.update(loss, model, opt)
+            sched.step()
+        run.end_epoch(epoch)
+    return model
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
-"""Standard training (ST) of an MoE: CE(F(x), y) + balance * Switch load-balancing loss."""
-import torch.nn.functional as F
-
+"""Standard training (ST) of an MoE: CE(F(x), y) + balance * Switch load-balancing loss (moe.st_loss)."""
 import train_common as tc
-from moe import balance_loss
-
-
-def st_loss(model, x, y, balance: float):
-    logits, gates, idx = model.forward_with_routing(x)
-    return F.cross_entropy(logits, y) + balance * balance_loss(gates, idx)
+from moe import st_loss
 
 
 def main(argv=None):
     args = tc.parse_args(tc.base_parser(__doc__, "st"), argv)
     run = tc.Run(args)
-    model = run.build_moe()
-    opt = run.optimizer(model.parameters())
-    return run.fit(model, {"opt": opt}, lambda x, y: {"loss": run.step(st_loss(model, x, y, args.balance), opt)})
+    model = run.prepare(tc.build_model_from_args(vars(args), args.pretrained))
+    opt = tc.make_optimizer(model.parameters(), args)
+    sched = tc.make_scheduler(opt, args, len(run.loader))
+    start = run.start(model, {"opt": opt}, {"opt": sched})
+    for epoch in range(start, args.epochs):
+        model.train()
+        for x, y in run.batches(epoch):
+            with run.autocast():
+                loss = st_loss(model, x, y, args.balance)
+            run.update(loss, model, opt)
+            sched.step()
+        run.end_epoch(epoch)
+    return model
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""A run's files: atomic writes, checkpoints read safely, models rebuilt from them, the log inside the checkpoint."""
+import contextlib
+import csv
+import io
+import os
+
+import torch
+
+import data
+from moe import DualMoE, MoE, build_moe
+
+
+def atomic_save(obj, path: str, save=torch.save) -> None:
+    """Write a file whole or not at all: the old file stays until the new one is complete (also on a full disk)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"could not write {path} ({reason}); is the disk full or read-only? "
+                      "The previous version of the file is kept") from None
+
+
+def write_text(text: str, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        f.write(text)
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write a text file whole or not at all (run_all.sh reuses any result file it finds)."""
+    atomic_save(text, path, write_text)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint dict with weights_only=True; a one-line ValueError when missing or damaged."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip reader, unpickler and EOF errors all mean a damaged file
+        raise ValueError(f"checkpoint {path} is truncated or corrupted ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint of this toolkit (no 'model' / 'args')")
+    return ckpt
+
+
+def load_weights(module: torch.nn.Module, state: dict, path: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise ValueError(f"checkpoint {path} holds another architecture than this model ({detail})") from None
+
+
+def build_model_from_args(a: dict, pretrained: bool = False) -> MoE:
+    """The MoE described by a run's args (a dict), untrained unless pretrained."""
+    info = data.dataset_info(a["dataset"])
+    return build_moe(a["arch"], a["experts"], a["topk"], info.num_classes, info.shape, info.mean, info.std,
+                     pretrained=pretrained)
+
+
+def model_from_checkpoint(path: str, alpha: float = None, combine: str = None):
+    """(model, ckpt) for a single-MoE or a JTDMoE checkpoint; dual models take alpha/combine from it unless given."""
+    ckpt = load_checkpoint(path)
+    a = ckpt["args"]
+    if a.get("kind") == "dual":
+        model = DualMoE(build_model_from_args(a["std_args"]), build_model_from_args(a["rob_args"]),
+                        a["alpha"] if alpha is None else alpha, combine or a.get("combine", "logits"))
+    else:
+        model = build_model_from_args(a)
+    load_weights(model, ckpt["model"], path)
+    return model, ckpt
+
+
+def read_log(path: str) -> list:
+    """log.csv's rows (strings), [] when there is none; only for checkpoints older than the log inside them."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def log_csv(rows: list) -> str:
+    """log.csv's text: one row per epoch, the union of every row's columns (evaluated epochs have more)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,76 @@
+"""Command-line plumbing shared by every script: one-line errors, checked numeric flags, the device, markdown."""
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+
+class Divergence(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one `error:` line on stderr (exit 2), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind=float, low=None, high=None):
+    """An argparse type: a finite int / float in [low, high], else one clear line."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            where = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number in {where}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+def markdown_table(header, rows) -> str:
+    """A markdown table; float cells with two decimals, other cells as str()."""
+    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def pick_device(name: str = "auto", local_rank: int = None) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a torch.device (cuda:local_rank under torchrun); one line if no GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} asked for, but no GPU is visible")
+        if local_rank is not None:
+            name = f"cuda:{local_rank}"
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+
+def run_main(main) -> None:
+    """Run main(); every user-facing failure is one `error:` line on stderr (MOE_DEBUG=1 shows tracebacks)."""
+    if os.environ.get("MOE_DEBUG"):
+        return main()
+    try:
+        main()
+    except Divergence as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(3)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # read-only or full disk, a file where a folder should be, ...
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; continue with the same command and --resume", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,66 @@
+"""The training losses of every method, as functions of tensors, a model and numbers (copy with moe.py, attacks.py).
+
+  ST      CE(F(x), y) + balance * L_bal                      moe.st_loss
+  AT      the ST loss at x + d, d = PGD-K on F               at_loss
+  TRADES  CE(F(x), y) + beta * KL(F(x) || F(x + d)) / B      trades_loss (d maximises the KL)
+  AdvMoE  the AT loss, w.r.t. the router and the experts on alternate batches (train_at.py's loop)
+  RT-ER   AT + beta * KL(f_2(x) || f_2(x + d')) / B          rter_loss (f_2: best unselected expert)
+  JTDMoE  lower: rter_loss on F_R; upper: CE(F_D(x), y)      rter_loss, dual_loss
+KL(p || q) is F.kl_div(log q, p) summed over classes (the TRADES reference code); B the batch size.
+"""
+import torch
+import torch.nn.functional as F
+
+from attacks import attack, kl_to_clean, pgd, trades_perturb
+from moe import balance_loss, next_best_expert, st_loss
+
+KL_EXPERTS = ("second", "all")
+KL_ATTACKS = ("separate", "shared")
+SECOND_ON = ("clean", "adv")
+
+
+def at_loss(model, x, y, eps: float, step_size: float, steps: int, balance: float):
+    """Madry AT: CE(F(x + d), y) + balance * L_bal at x + d, d from PGD-`steps` on the whole MoE."""
+    x_adv = attack(model, x, y, "whole", eps, step_size, steps)
+    return st_loss(model, x_adv, y, balance)
+
+
+def trades_loss(model, x, y, eps: float, step_size: float, steps: int, beta: float, balance: float):
+    """TRADES: CE(F(x), y) + beta * KL(F(x) || F(x + d)) / B + balance * L_bal, d maximising the KL."""
+    x_adv = trades_perturb(model, x, eps, step_size, steps)
+    logits, gates, idx = model.forward_with_routing(x)
+    robust = kl_to_clean(model(x_adv), F.softmax(logits, dim=1)) / len(x)
+    return F.cross_entropy(logits, y) + beta * robust + balance * balance_loss(gates, idx)
+
+
+def rter_loss(model, x, y, eps: float, step_size: float, steps: int, beta: float, balance: float,
+              kl_experts: str = "second", kl_attack: str = "separate", second_on: str = "clean"):
+    """RT-ER (paper Eq. 2): CE(F(x + d), y) + beta * KL(f_2(x) || f_2(x + d')) / B + balance * L_bal.
+
+    f_2: per row the best expert outside the top-k, picked at clean x (second_on='clean') or x + d; kl_experts='all'
+    sums the KL over every expert. d' = PGD on f_2 alone (kl_attack='separate', the public code) or d (shared).
+    """
+    x_adv = attack(model, x, y, "whole", eps, step_size, steps)
+    loss = st_loss(model, x_adv, y, balance)
+    if beta == 0:
+        return loss
+    if kl_experts == "second":
+        with torch.no_grad():
+            second = next_best_expert(model.gates(x if second_on == "clean" else x_adv), model.topk)
+
+        def experts_out(z):
+            return model.chosen_expert_logits(z, second)
+    else:
+        def experts_out(z):  # every expert; rows stacked as (B * E, C)
+            return model.all_expert_logits(z).flatten(0, 1)
+    x_kl = x_adv
+    if kl_attack == "separate":
+        repeat = 1 if kl_experts == "second" else model.num_experts
+        x_kl = pgd(experts_out, x, y.repeat_interleave(repeat), eps, step_size, steps, model=model)
+    kl = kl_to_clean(experts_out(x_kl), F.softmax(experts_out(x), dim=1)) / len(x)
+    return loss + beta * kl
+
+
+def dual_loss(dual, x, y):
+    """JTDMoE's upper objective: CE(F_D(x), y) on clean x, F_D = (1 - alpha) F_S + alpha F_R."""
+    return F.cross_entropy(dual(x), y)
