@@ -17,14 +17,12 @@ and --compile compiles each expert (expert.compile(dynamic=True), as train_commo
 """
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -32,10 +30,8 @@ import torch.nn.functional as F
 
 import data
 import train_common as tc
-from moe import Normalize, build_expert, build_moe
-from train_at import at_loss
-from train_rter import check_rter_args, rter_loss
-from train_st import st_loss
+from moe import Normalize, build_expert, build_moe, st_loss
+from losses import at_loss, rter_loss
 
 EPOCH_IMAGES = 50_000  # CIFAR-10 training set
 GOALS = {"moe_over_single": 1.10, "rter_shared_over_at": 1.25, "rter_separate_over_at": 2.2}
@@ -45,32 +41,26 @@ CASES = ("single", "moe", "at", "rter_shared", "rter_separate")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tc.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--arch", default="resnet18", help="resnet18 | cnn (cnn: 1x8x8 inputs, a quick CPU check)")
-    p.add_argument("--experts", type=int, default=4, help="experts E of the MoE (top-1 routing)")
-    p.add_argument("--bs", type=int, default=None, help="batch size (default 128 on GPU, 32 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default per device and arch)")
-    p.add_argument("--iters", type=int, default=None, help="timed rounds (default per device and arch)")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps K of the AT and RT-ER attacks")
+    p.add_argument("--arch", default="resnet18", choices=list(SHAPES), help="cnn: 1x8x8 inputs, a quick CPU check")
+    p.add_argument("--experts", type=tc.number(int, 2), default=4, help="experts E of the MoE (top-1 routing)")
+    p.add_argument("--bs", type=tc.number(int, 1), default=None, help="batch size (default 128 on GPU, 32 on CPU)")
+    p.add_argument("--warmup", type=tc.number(int, 0), default=None, help="untimed rounds first (default per device)")
+    p.add_argument("--iters", type=tc.number(int, 1), default=None, help="timed rounds (default per device and arch)")
+    p.add_argument("--steps", type=tc.number(int, 0), default=10, help="PGD steps K of the AT and RT-ER attacks")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default on with a GPU; ignored on CPU, as in training)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for models and data (default on with a GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile each expert (and the single network)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=tc.number(int, 1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file (default results/bench_<device>[_<arch>].json)")
     args = p.parse_args(argv)
-    if args.arch not in SHAPES:
-        raise ValueError(f"unknown arch {args.arch!r}; choose one of {', '.join(SHAPES)}")
-    if args.experts < 2:
-        raise ValueError(f"an MoE needs at least 2 experts, got {args.experts}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = tc.pick_device(args.device)
     gpu = device.type == "cuda"
     # CPU defaults keep a resnet18 run short: a PGD-10 RT-ER step of 4 resnet18 experts at bs 32 takes
     # tens of seconds on 2 cores; the cnn case is cheap, so it gets more rounds.
@@ -82,9 +72,6 @@ def parse_args(argv=None):
     args.iters = args.iters if args.iters is not None else default_rounds[1]
     args.amp = gpu if args.amp is None else args.amp
     args.channels_last = gpu if args.channels_last is None else args.channels_last
-    for key, low in (("bs", 1), ("warmup", 0), ("iters", 1), ("steps", 0)):
-        if getattr(args, key) < low:
-            raise ValueError(f"--{key} must be >= {low}, got {getattr(args, key)}")
     if args.amp and not gpu:
         print("note: --amp is ignored on CPU (training applies bf16 autocast on GPUs only)", file=sys.stderr)
         args.amp = False
@@ -93,18 +80,6 @@ def parse_args(argv=None):
         suffix = "" if args.arch == "resnet18" else f"_{args.arch}"
         args.out = os.path.join("results", f"bench_{device.type}{suffix}.json")
     return args, device
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but no GPU is visible")
-        torch.cuda.set_device(torch.device(name))
-    elif name != "cpu":
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
-    return torch.device(name)
 
 
 def device_name(device: torch.device) -> str:
@@ -134,23 +109,8 @@ def load_average():
 
 # ----------------------------------------------------------------------------- models and steps
 
-def prepare(model: nn.Module, experts, args, device) -> nn.Module:
-    """Device, channels_last and per-expert compile, the way train_common.Run.prepare does it."""
-    model = model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.compile:
-        for expert in experts:
-            expert.compile(dynamic=True)
-    return model
-
-
-def loss_args(args, kl_attack: str) -> SimpleNamespace:
-    """The train-script flags that at_loss / rter_loss read: the paper's CIFAR-10 PGD-10 setting."""
-    ns = SimpleNamespace(eps=8 / 255, step_size=2 / 255, steps=args.steps, beta=6.0, kl_experts="second",
-                         kl_attack=kl_attack, second_on="clean", balance=0.01, topk=1, experts=args.experts)
-    check_rter_args(ns)
-    return ns
+# the paper's CIFAR-10 setting of the attacks and the loss
+RTER = dict(eps=8 / 255, step_size=2 / 255, beta=6.0, balance=0.01, kl_experts="second", second_on="clean")
 
 
 def build_cases(args, device):
@@ -159,34 +119,31 @@ def build_cases(args, device):
     info = data.dataset_info(dataset)
     torch.manual_seed(args.seed)
     moe = build_moe(args.arch, args.experts, 1, info.num_classes, shape, info.mean, info.std)
-    moe = prepare(moe, moe.experts, args, device)
+    moe = tc.prepare_model(moe, device, args.channels_last, args.compile)
     expert = build_expert(args.arch, info.num_classes, shape[0], shape[1])
-    single = prepare(nn.Sequential(Normalize(info.mean, info.std), expert), [expert], args, device)
+    single = tc.prepare_model(nn.Sequential(Normalize(info.mean, info.std), expert), device, args.channels_last)
+    if args.compile:
+        expert.compile(dynamic=True)
     lr = 1e-4  # the paper's peak rate; the value does not change the cost of a step
     moe_opt = torch.optim.Adam(moe.parameters(), lr)
     single_opt = torch.optim.Adam(single.parameters(), lr)
-    shared, separate = loss_args(args, "shared"), loss_args(args, "separate")
+    attack = (RTER["eps"], RTER["step_size"], args.steps)
     cases = {
         "single": (single, single_opt, lambda x, y: F.cross_entropy(single(x), y)),
-        "moe": (moe, moe_opt, lambda x, y: st_loss(moe, x, y, shared.balance)),
-        "at": (moe, moe_opt, lambda x, y: at_loss(moe, x, y, shared)),
-        "rter_shared": (moe, moe_opt, lambda x, y: rter_loss(moe, x, y, shared)),
-        "rter_separate": (moe, moe_opt, lambda x, y: rter_loss(moe, x, y, separate)),
+        "moe": (moe, moe_opt, lambda x, y: st_loss(moe, x, y, RTER["balance"])),
+        "at": (moe, moe_opt, lambda x, y: at_loss(moe, x, y, *attack, RTER["balance"])),
+        "rter_shared": (moe, moe_opt, lambda x, y: rter_loss(moe, x, y, steps=args.steps, kl_attack="shared", **RTER)),
+        "rter_separate": (moe, moe_opt,
+                          lambda x, y: rter_loss(moe, x, y, steps=args.steps, kl_attack="separate", **RTER)),
     }
     return cases, moe, info, shape
 
 
-def train_step(model, opt, loss_fn, x, y, autocast) -> float:
-    """One update as train_common runs it: loss under autocast, .item(), zero_grad, backward, Adam."""
+def train_step(model, opt, loss_fn, x, y, autocast) -> None:
+    """One update as the train scripts run it: loss under autocast, then train_common.backward_and_step."""
     with autocast():
         loss = loss_fn(x, y)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise tc.Divergence(f"bench loss became {value}")
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return value
+    tc.backward_and_step(loss, model, [opt])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -245,8 +202,7 @@ def run_bench(args, device) -> dict:
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "settings": {k: getattr(args, k) for k in ("arch", "experts", "bs", "warmup", "iters", "steps", "amp",
                                                    "channels_last", "compile", "seed")}
-        | {"topk": 1, "eps": 8 / 255, "step_size": 2 / 255, "beta": 6.0, "kl_experts": "second",
-           "second_on": "clean", "balance": 0.01, "optimizer": "adam", "input_shape": list(shape)},
+        | {"topk": 1, "optimizer": "adam", "input_shape": list(shape), **RTER},
         "cases": {name: {"median_s": med[name], "min_s": min(times[name]), "times_s": times[name],
                          "images_per_s": args.bs / med[name]} for name in CASES},
         "ratios": ratios, "goals": GOALS,
@@ -270,23 +226,20 @@ def markdown(res: dict) -> str:
         f"arch {s['arch']}, E = {s['experts']}, top-1, bs {s['bs']}, PGD-{k}, amp {s['amp']}, "
         f"channels_last {s['channels_last']}, compile {s['compile']}, {s['warmup']} warmup + {s['iters']} timed "
         f"rounds (median), wall {res['wall_s']:.0f} s",
-        "",
-        "| measure | measured | goal |",
-        "| --- | --- | --- |",
     ]
-    for key, label in (("moe_over_single", f"MoE top-1 step / single {arch} step"),
-                       ("rter_shared_over_at", "RT-ER (shared) step / AT step"),
-                       ("rter_separate_over_at", "RT-ER (separate) step / AT step")):
-        lines.append(f"| {label} | {res['ratios'][key]:.2f} | <= {res['goals'][key]} |")
+    ratios = [[label, f"{res['ratios'][key]:.2f}", f"<= {res['goals'][key]}"] for key, label in (
+        ("moe_over_single", f"MoE top-1 step / single {arch} step"),
+        ("rter_shared_over_at", "RT-ER (shared) step / AT step"),
+        ("rter_separate_over_at", "RT-ER (separate) step / AT step"))]
     for kind in ("shared", "separate"):
         r = res["rter_epoch"][kind]
-        lines.append(f"| PGD-{k} RT-ER ({kind}) images/s | {fmt(r['images_per_s'])} | |")
-        lines.append(f"| PGD-{k} RT-ER ({kind}) s per {res['epoch_images']:,}-image epoch | {fmt(r['epoch_s'])} "
-                     f"| <= {res['epoch_goal_s']:.0f} (PGD-10, one H100) |")
-    lines += ["", "| case | median s/step | min s/step | images/s |", "| --- | --- | --- | --- |"]
-    for name, c in res["cases"].items():
-        lines.append(f"| {name} | {c['median_s']:.4g} | {c['min_s']:.4g} | {fmt(c['images_per_s'])} |")
-    lines.append("")
+        ratios += [[f"PGD-{k} RT-ER ({kind}) images/s", fmt(r["images_per_s"]), ""],
+                   [f"PGD-{k} RT-ER ({kind}) s per {res['epoch_images']:,}-image epoch", fmt(r["epoch_s"]),
+                    f"<= {res['epoch_goal_s']:.0f} (PGD-10, one H100)"]]
+    cases = [[name, f"{c['median_s']:.4g}", f"{c['min_s']:.4g}", fmt(c["images_per_s"])]
+             for name, c in res["cases"].items()]
+    lines += ["", tc.markdown_table(["measure", "measured", "goal"], ratios),
+              tc.markdown_table(["case", "median s/step", "min s/step", "images/s"], cases)]
     lines.append(f"top-1 expert usage on one batch at the end: {res['routing_usage_last']}")
     if res["max_memory_gib"] is not None:
         lines.append(f"peak GPU memory: {res['max_memory_gib']:.1f} GiB")

@@ -139,6 +139,22 @@ def prepare_model(model: torch.nn.Module, device, channels_last: bool = False, c
     return model
 
 
+def backward_and_step(loss, model, optimizers, world: int = 1) -> None:
+    """Clear every gradient of model, backward, average gradients over processes, step each optimiser."""
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    if world > 1:  # unused experts get zero gradients, so every process reduces the same shapes
+        for opt in optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+    for opt in optimizers:
+        opt.step()
+
+
 # ----------------------------------------------------------------------------- one training run
 
 class Run:
@@ -264,18 +280,7 @@ class Run:
         value = loss.item()
         if not math.isfinite(value):
             self.diverged(f"{name} became {value} at epoch {self.epoch + 1}, step {self.step + 1}")
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.world > 1:  # average gradients across processes (unused experts get zeros, so shapes agree)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    for p in group["params"]:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                        dist.all_reduce(p.grad)
-                        p.grad /= self.world
-        for opt in optimizers:
-            opt.step()
+        backward_and_step(loss, model, optimizers, self.world)
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0) + 1
         return value
@@ -284,7 +289,8 @@ class Run:
         """Evaluate when due, then write checkpoint (with the whole log inside) and log.csv; returns the log row."""
         a = self.args
         row = {"epoch": epoch + 1, "lr": next(iter(self.optimizers.values())).param_groups[0]["lr"],
-               **{k: v / self.counts[k] for k, v in self.sums.items()}, "train_seconds": round(time.time() - self.t0, 2)}
+               **{k: v / self.counts[k] for k, v in self.sums.items()},
+               "train_seconds": round(time.time() - self.t0, 2)}
         if self.is_main and ((epoch + 1) % a.eval_every == 0 or epoch + 1 == a.epochs):
             row.update(self.evaluate(self.model))
         if self.is_main:
