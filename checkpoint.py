@@ -10,11 +10,11 @@ import data
 from moe import DualMoE, MoE, build_moe
 
 
-def atomic_save(obj, path: str, save=torch.save) -> None:
+def atomic_save(obj, path: str, save=None) -> None:
     """Write a file whole or not at all: the old file stays until the new one is complete (also on a full disk)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        save(obj, tmp)
+        (save or torch.save)(obj, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         with contextlib.suppress(OSError):
