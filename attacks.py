@@ -127,6 +127,49 @@ def attack(model, x, y, target: str = "whole", eps: float = 8 / 255, step: float
         return pgd(objective, x, y, eps, step, steps, model=model)
 
 
+# ----------------------------------------------------------------------------- an adaptive attack on hard routing
+
+def margin(logits, y):
+    """max_{c != y} logits_c - logits_y per row: positive exactly where the row is misclassified."""
+    return logits.scatter(1, y[:, None], float("-inf")).amax(1) - logits.gather(1, y[:, None]).squeeze(1)
+
+
+def routed_expert_objective(model, expert: int, kappa: float = 1.0):
+    """z -> per-row score min-ish of (router margin towards `expert`, misclassification margin of that expert).
+
+    Both terms are capped at kappa, so once the router picks the expert the ascent works on fooling it, and the
+    other way round; a row is broken by this expert when both margins are positive.
+    """
+    def score(z):
+        zn = model.normalize(z)
+        route = model.router(zn.flatten(1))
+        others = torch.cat([route[:, :expert], route[:, expert + 1:]], 1).amax(1)
+        return (route[:, expert] - others).clamp(max=kappa), zn
+
+    def objective(z, y):
+        route_margin, zn = score(z)
+        return (route_margin + margin(model.experts[expert](zn), y).clamp(max=kappa)).sum()
+    return objective
+
+
+def adaptive_attack(model, x, y, eps: float, step: float, steps: int):
+    """Per row, the first success of: PGD on the margin of F, then for each expert j a PGD that routes x + d to j
+    while fooling f_j (hard top-k routing hides the other experts from the gradient of F). Returns x_adv."""
+    with eval_mode(model), torch.no_grad():
+        x_adv = pgd(model, x, y, eps, step, steps, loss_fn=lambda logits, t: margin(logits, t).sum(), model=model)
+        fooled = model(x_adv).argmax(1) != y
+        for expert in range(model.num_experts):
+            rows = (~fooled).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            candidate = pgd(lambda z: z, x[rows], y[rows], eps, step, steps,
+                            loss_fn=routed_expert_objective(model, expert), model=model)
+            hit = model(candidate).argmax(1) != y[rows]
+            x_adv[rows[hit]] = candidate[hit]
+            fooled[rows[hit]] = True
+    return x_adv
+
+
 # ----------------------------------------------------------------------------- AutoAttack
 
 def tag_rows(x):
