@@ -1,0 +1,107 @@
+"""A verdict for every claim of the paper that a preset can test: claims.md from the runs' per-point outcomes.
+
+Each claim says "A - B > 0" for two measures A and B: (run, target, alpha), target `clean` for SA, or a constant
+in percent. Per seed, A and B are compared on the test points both were evaluated on (paired), and a bootstrap
+over seeds and points gives the 95 % interval of the difference: holds / contradicted / undecided (outcomes.py).
+  python claims.py runs/digits [--out runs/digits/results/claims.md]
+"""
+import argparse
+import os
+import re
+
+from outcomes import CLEAN, outcomes, paired_bootstrap, verdict, worst_case
+
+PGD_AND_WORST = ("pgd", "worst")
+# (claim, attacks it is judged under, A, B): the paper says A - B > 0
+CLAIMS = [
+    ("Experts are more vulnerable than the router (ST MoE: RA-R > RA-E)", ("pgd",), ("st", "router"), ("st", "experts")),
+    ("Experts are more vulnerable than the router (AT MoE: RA-R > RA-E)", ("pgd",), ("at", "router"), ("at", "experts")),
+    ("RT-ER beats AT in RA", PGD_AND_WORST, ("rter", "whole"), ("at", "whole")),
+    ("RT-ER beats AT in RA-E", ("pgd",), ("rter", "experts"), ("at", "experts")),
+    ("RT-ER beats TRADES in RA", PGD_AND_WORST, ("rter", "whole"), ("trades", "whole")),
+    ("RT-ER beats AdvMoE in RA", PGD_AND_WORST, ("rter", "whole"), ("advmoe", "whole")),
+    ("Dual model: SA falls as alpha rises (alpha 0.5 vs 0.9)", ("pgd",),
+     ("dual_pretrained", CLEAN, 0.5), ("dual_pretrained", CLEAN, 0.9)),
+    ("Dual model: RA rises as alpha rises (alpha 0.9 vs 0.5)", PGD_AND_WORST,
+     ("dual_pretrained", "dual", 0.9), ("dual_pretrained", "dual", 0.5)),
+    ("JTDMoE beats the pre-trained dual model in SA (alpha 0.7)", ("pgd",),
+     ("jtdmoe_a0.7", CLEAN, 0.7), ("dual_pretrained", CLEAN, 0.7)),
+    ("JTDMoE beats the pre-trained dual model in RA (alpha 0.7)", PGD_AND_WORST,
+     ("jtdmoe_a0.7", "dual", 0.7), ("dual_pretrained", "dual", 0.7)),
+    ("RT-ER with beta 9 collapses (SA at most twice chance, 20 %)", ("pgd",), 20.0, ("rter_b9", CLEAN)),
+    ("Top-2 routing keeps RT-ER's gain over AT in RA", PGD_AND_WORST, ("rter_top2", "whole"), ("at_top2", "whole")),
+    ("E = 3 experts keep RT-ER's gain over AT (E = 4) in RA", PGD_AND_WORST, ("rter_e3", "whole"), ("at", "whole")),
+    ("E = 5 experts keep RT-ER's gain over AT (E = 4) in RA", PGD_AND_WORST, ("rter_e5", "whole"), ("at", "whole")),
+]
+
+
+def seeds_of(runs: dict, run: str) -> dict:
+    """{seed: run record} for a run's folders: `run` is seed 0, `run-seed<k>` seed k."""
+    found = {0: runs[run]} if run in runs else {}
+    for name, record in runs.items():
+        match = re.fullmatch(re.escape(run) + r"-seed(\d+)", name)
+        if match:
+            found[int(match.group(1))] = record
+    return found
+
+
+def measure(record: dict, attack: str, target: str, alpha: float = None) -> dict:
+    """{test index: survived} of one run folder under one attack ('worst': every attack that ran on it)."""
+    evals = record.get("evals", {})
+    if attack == "worst":
+        return worst_case(list(evals.values()), alpha)[1] if target != CLEAN else {}
+    return outcomes(evals.get(f"eval_{attack}"), alpha).get(target, {})
+
+
+def judge(runs: dict, attack: str, a, b) -> dict:
+    """Difference A - B in percentage points, its 95 % interval, verdict, and how many seeds and points it rests on."""
+    sides = [(side, None if isinstance(side, float) else seeds_of(runs, side[0])) for side in (a, b)]
+    seeds = sorted(set.intersection(*[set(s) for _, s in sides if s is not None]))
+    pairs = []
+    for seed in seeds:
+        points = [(side, measure(s[seed], attack, *side[1:]) if s is not None else None) for side, s in sides]
+        shared = sorted(set.intersection(*[set(p) for _, p in points if p is not None]))
+        pairs.append([[p[i] for i in shared] if p is not None else [side / 100.0] * len(shared) for side, p in points])
+    estimate, interval = paired_bootstrap(pairs)
+    return {"difference": estimate, "ci95": interval, "verdict": verdict(interval),
+            "seeds": len([p for p in pairs if len(p[0])]), "points": sum(len(p[0]) for p in pairs)}
+
+
+def describe(side) -> str:
+    if isinstance(side, float):
+        return f"{side:g} %"
+    run, target = side[0], {CLEAN: "SA", "whole": "RA", "experts": "RA-E", "router": "RA-R", "dual": "RA"}[side[1]]
+    return f"{target} of `{run}`" + (f" at alpha {side[2]}" if len(side) > 2 else "")
+
+
+def claims_table(runs: dict) -> tuple:
+    """(markdown, records) of every claim under each of its attacks."""
+    rows, records = [], []
+    for claim, attacks, a, b in CLAIMS:
+        for attack in attacks:
+            r = judge(runs, attack, a, b)
+            low, high = r["ci95"]
+            rows.append([claim, "PGD" if attack == "pgd" else "worst case", describe(a), describe(b),
+                         f"{r['difference']:+.2f}", f"[{low:+.2f}, {high:+.2f}]", f"{r['seeds']} x {r['points']}",
+                         f"**{r['verdict']}**"])
+            records.append({"claim": claim, "attack": attack, **r})
+    return rows, records
+
+
+def main(argv=None):
+    import report  # the runs are read the way the tables read them
+    from train_common import ArgumentParser, atomic_write, markdown_table
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", help="runs folder of a preset (e.g. runs/digits)")
+    p.add_argument("--out", default=None, help="claims.md path (default <runs>/results/claims.md)")
+    args = p.parse_args(argv)
+    rows, _ = claims_table(report.load_runs(args.runs, []))
+    out = args.out or os.path.join(args.runs, "results", "claims.md")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    atomic_write(out, markdown_table(["claim", "attack", "A", "B", "A - B (pp)", "95 % CI", "seeds x points",
+                                      "verdict"], rows))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
