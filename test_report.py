@@ -1,0 +1,146 @@
+"""report.py: the committed digits tables come back byte for byte from their runs, seeds, missing runs, README."""
+import csv
+import json
+import os
+import re
+
+import pytest
+
+import report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DIGITS = os.path.join(HERE, "results", "digits")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def rebuild_runs(runs, root):
+    """A runs folder as train_*.py and eval.py leave it, from results.json's "runs" (what report.py read)."""
+    for name, run in runs.items():
+        folder = os.path.join(root, name)
+        os.makedirs(folder)
+        for file, value in (("args.json", run["args"]), ("diverged.json", run["diverged"])):
+            if value is not None:
+                write_json(os.path.join(folder, file), value)
+        if run["log"] is not None:  # str(float) reads back as the same float
+            columns = list(dict.fromkeys(k for row in run["log"] for k in row))
+            with open(os.path.join(folder, "log.csv"), "w", newline="") as f:
+                csv.writer(f).writerows([columns] + [["" if row.get(c) is None else row[c] for c in columns]
+                                                     for row in run["log"]])
+        if run["has_ckpt"]:
+            open(os.path.join(folder, "ckpt.pt"), "w").close()
+        for stem, blob in run["evals"].items():  # eval.py once wrote a dual model's evaluation as dual_<attack>
+            write_json(os.path.join(folder, re.sub("^dual_", "eval_", stem) + ".json"), blob)
+
+
+def test_committed_digits_tables_come_back_from_their_runs(tmp_path):
+    """results/digits = report.py(the runs it was made from, kept in its results.json), byte for byte."""
+    with open(os.path.join(DIGITS, "results.json")) as f:
+        committed = json.load(f)
+    rebuild_runs(committed["runs"], tmp_path / "runs")
+    out = tmp_path / "out"
+    report.main(["digits", "--runs", str(tmp_path / "runs"), "--out", str(out), "--command", committed["command"]])
+    for k in range(1, 11):
+        with open(os.path.join(DIGITS, f"table{k}.md")) as f:
+            expected = f.read()
+        # the one intended change: Table 5 names the file it read, now eval_<attack>.json for dual models too
+        expected = expected.replace("from dual_pgd.json", "from eval_pgd.json")
+        assert (out / f"table{k}.md").read_text() == expected, f"table{k}.md differs from results/digits"
+    made = json.loads((out / "results.json").read_text())
+    assert made["tables"] == committed["tables"] and made["figures"] == committed["figures"]
+    assert made["paper"] == committed["paper"] and made["problems"] == []
+
+
+def single_eval(attack, sa, ra, ra_e, ra_r):
+    return {"attack": attack, "eps": 0.15, "step_size": 0.0375, "steps": 50, "n": 360, "sa": sa, "ra": ra,
+            "ra_e": ra_e, "ra_r": ra_r}
+
+
+def dual_eval(attack, sa, ra, margin_rob):
+    row = {"alpha": 0.7, "sa": sa, "ra": ra, "ra_rmoe": 60.0, "ra_smoe": 30.0, "margin_rob": margin_rob,
+           "margin_dual": margin_rob}
+    return {"attack": attack, "eps": 0.15, "step_size": 0.0375, "steps": 50, "n": 360, "rows": [row]}
+
+
+def test_two_seeds_show_mean_and_sample_std(tmp_path):
+    runs = tmp_path / "runs"
+    write_json(runs / "rter" / "eval_pgd.json", single_eval("pgd", 90.0, 60.0, 50.0, 80.0))
+    write_json(runs / "rter-seed1" / "eval_pgd.json", single_eval("pgd", 92.0, 62.5, 55.0, 84.0))
+    write_json(runs / "at" / "eval_pgd.json", single_eval("pgd", 96.0, 61.0, 58.0, 89.0))  # one seed: plain cells
+    write_json(runs / "at_top2" / "args.json", {"eps": 0.15})  # a second seed not evaluated yet
+    write_json(runs / "at_top2-seed1" / "eval_pgd.json", single_eval("pgd", 97.0, 66.0, 68.0, 91.0))
+    write_json(runs / "dual_pretrained" / "eval_pgd.json", dual_eval("pgd", 96.0, 40.0, [0.5, 0.2]))
+    write_json(runs / "dual_pretrained-seed1" / "eval_pgd.json", dual_eval("pgd", 94.0, 44.0, [0.7, 0.2]))
+    write_json(runs / "jtdmoe_a0.7" / "eval_pgd.json", dual_eval("pgd", 98.0, 30.0, [0.6, 0.1]))
+    write_json(runs / "jtdmoe_a0.7-seed1" / "eval_pgd.json", dual_eval("pgd", 98.0, 26.0, [0.9, 0.4]))
+    write_json(runs / "results" / "results.json", {})  # run_all.sh's results folder is not a run
+    problems = []
+    loaded = report.load_runs(str(runs), problems)
+    assert "results" not in loaded and problems == []
+    rep = report.Report("digits", loaded, False, "bash run_all.sh digits --seeds 2")
+
+    text, record = rep.render("table2")
+    lines = text.splitlines()
+    # RT-ER: SA (90, 92) -> 91 +- 1.41; RA (60, 62.5) -> 61.25 +- 1.77; RA-E and worst (50, 55) -> 52.5 +- 3.54;
+    # RA-R (80, 84) -> 82 +- 2.83 (sample std: |a - b| / sqrt(2))
+    assert "| top-1 | RT-ER | 91.00 ± 1.41 | 61.25 ± 1.77 | 52.50 ± 3.54 | 82.00 ± 2.83 | 52.50 ± 3.54 |" in lines
+    assert "| top-1 | AT | 96.00 | 61.00 | 58.00 | 89.00 | 58.00 |" in lines
+    assert "| top-2 | AT | 97.00 ± n/a | 66.00 ± n/a | 68.00 ± n/a | 91.00 ± n/a | 66.00 ± n/a |" in lines
+    assert "- mean ± std over 2 seeds" in text
+    rter = record[1]
+    assert rter["run"] == "rter" and rter["sa"] == pytest.approx(91.0) and rter["std"]["sa"] == pytest.approx(2 ** 0.5)
+    assert rter["seeds"]["rter"]["sa"] == 90.0 and rter["seeds"]["rter-seed1"]["ra"] == 62.5
+
+    text, record = rep.render("table3")
+    assert "| Dual-Model (pre-trained) | 0.7 | 95.00 ± 1.41 | 42.00 ± 2.83 | 60.00 ± 0.00 | 30.00 ± 0.00 |" in text
+    assert record["dual"][0]["seeds"]["dual_pretrained-seed1"]["ra"] == 44.0
+    text, record = rep.render("table5")  # seed k of the pre-trained dual model against seed k of JTDMoE
+    # class 0: pre-trained 50 / 70 -> 60 +- 14.14, JTDMoE 60 / 90 -> 75 +- 21.21, gains 10 / 20 -> 15 +- 7.07
+    assert "| 0 | 60.00 ± 14.14 | 75.00 ± 21.21 | 15.00 ± 7.07 |" in text
+    assert record[0]["seeds"]["dual_pretrained-seed1"]["improvement_pp"] == pytest.approx(20.0)
+
+
+def test_report_without_runs_writes_na_tables(tmp_path):
+    """report.py on missing inputs: every file written, n/a cells, paper columns on a paper preset."""
+    out = tmp_path / "out"
+    report.main(["cifar10", "--runs", str(tmp_path / "none"), "--out", str(out)])
+    for k in range(1, 11):
+        text = (out / f"table{k}.md").read_text()
+        assert text.startswith(f"# Table {k}:") and "n/a" in text and "bash run_all.sh cifar10" in text
+        cells = [c.strip() for line in text.splitlines() if line.startswith("| ") for c in line.split("|")[1:-1]]
+        assert "±" not in text and all(c != "0.00" for c in cells)  # nothing made up where nothing was run
+    assert "92.14" in (out / "table1.md").read_text()  # the paper's ST SA beside ours
+    assert "14.42" in (out / "table5.md").read_text()  # the paper's margin improvement for dog
+    for k in range(2, 8):
+        assert (out / f"fig{k}.png").read_bytes()[:8] == PNG
+    blob = json.loads((out / "results.json").read_text())
+    assert blob["preset"] == "cifar10" and blob["runs"] == {} and "no such folder" in blob["problems"][0]
+
+
+def test_results_go_inside_the_runs_folder_by_default(tmp_path):
+    runs = tmp_path / "runs"
+    write_json(runs / "st" / "eval_pgd.json", single_eval("pgd", 94.0, 14.0, 15.0, 56.0))
+    for _ in range(2):  # the second time the results folder is there: it is not read as a run
+        report.main(["digits", "--runs", str(runs)])
+        blob = json.loads((runs / "results" / "results.json").read_text())
+        assert list(blob["runs"]) == ["st"]
+    assert "| PGD | 94.00 | 14.00 | 15.00 | 56.00 | 14.00 |" in (runs / "results" / "table1.md").read_text()
+
+
+def test_readme_shows_the_committed_digits_results():
+    """README's digits tables are results/digits/table*.md verbatim, and the figure it embeds exists."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        readme = f.read()
+    for k in range(1, 11):
+        with open(os.path.join(DIGITS, f"table{k}.md")) as f:
+            table = f.read().strip()
+        demoted = re.sub(r"(?m)^(#+) ", r"##\1 ", table)  # README nests the tables two heading levels down
+        assert demoted in readme, f"README does not show results/digits/table{k}.md as it is"
+    for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme):
+        with open(os.path.join(HERE, figure), "rb") as f:
+            assert f.read(8) == PNG, figure
