@@ -1,9 +1,11 @@
-"""Every metric of the paper for one checkpoint or a dual model; JSON and a markdown row out.
+"""Every metric of the paper for one checkpoint or a dual model; JSON and a markdown table per attack.
 
 Single MoE:  SA, RA (whole), RA-E (experts), RA-R (router), routing consistency, worst case.
 Dual model:  SA, RA (dual), RA-RMoE, RA-SMoE for each alpha, and per-class margins of the robust MoE.
+Each attack writes OUT/eval_<attack>.json and .md (OUT: the run folder of --ckpt; for --std/--rob a
+folder of its own beside the robust run, dual_<std run>+<rob run>).
   python eval.py --ckpt runs/digits/st/ckpt.pt
-  python eval.py --ckpt runs/digits/rter/ckpt.pt --attack aa
+  python eval.py --ckpt runs/digits/rter/ckpt.pt --attack pgd,aa,smooth
   python eval.py --std runs/digits/st/ckpt.pt --rob runs/digits/rter/ckpt.pt --alphas 0.5,0.6,0.7,0.8,0.9,1.0
   python eval.py --ckpt runs/digits/jtdmoe/ckpt.pt      (a JTDMoE checkpoint is a dual model)
 """
@@ -17,7 +19,7 @@ from tqdm import tqdm
 
 import data
 import train_common as tc
-from attacks import adversarial_batches, clean_correct, eval_mode, evaluate_attack
+from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack
 from moe import DualMoE, check_alpha
 
 SINGLE_TARGETS = {"pgd": ("whole", "experts", "router"), "aa": ("whole", "experts", "router"),
@@ -26,41 +28,93 @@ DUAL_TARGETS = ("dual", "rmoe", "smoe")
 ALPHA_FREE = ("rmoe", "smoe")  # attacks on one MoE of the pair: one attack serves every alpha
 COLUMN = {"whole": "ra", "smooth": "ra", "dual": "ra", "experts": "ra_e", "router": "ra_r",
           "rmoe": "ra_rmoe", "smoe": "ra_smoe"}
+# what the JSON says of a cut-down AutoAttack; the standard version gets no key (report titles rely on it)
+AA_VERSION_NOTE = {"quick": "quick: APGD-CE only, 10 iterations"}
+
+
+def result_name(attack: str) -> str:
+    """The file name (no extension) of one attack's results: run_all's Makefile expects the same."""
+    return f"eval_{attack}"
+
+
+def comma_list(item):
+    """An argparse type: a comma list, each item checked by item() (ValueError: one line)."""
+    def parse(text):
+        try:
+            return list(dict.fromkeys(item(t.strip()) for t in text.split(",")))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc))
+    return parse
+
+
+def attack_name(text: str) -> str:
+    if text not in SINGLE_TARGETS:
+        raise ValueError(f"unknown attack {text!r}; choose from {', '.join(SINGLE_TARGETS)}")
+    return text
+
+
+def target_name(text: str) -> str:
+    if text not in COLUMN:
+        raise ValueError(f"unknown target {text!r}; choose from {', '.join(COLUMN)}")
+    return text
+
+
+def alpha_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"alpha {text!r} is not a number") from None
+    return check_alpha(value)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tc.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="a single-MoE or JTDMoE checkpoint")
     p.add_argument("--std", help="standard MoE checkpoint of a pre-trained dual model")
     p.add_argument("--rob", help="robust MoE checkpoint of a pre-trained dual model")
-    p.add_argument("--alphas", default=None, help="comma list of alpha for dual models (default 0.7, or the JTDMoE's)")
-    p.add_argument("--combine", default=None, help="logits | probs (dual models; default logits or the JTDMoE's)")
-    p.add_argument("--attack", default="pgd", help="pgd | aa | smooth")
-    p.add_argument("--targets", default=None,
+    p.add_argument("--alphas", type=comma_list(alpha_value), default=None,
+                   help="comma list of alpha in [0.5, 1] for dual models (default 0.7, or the JTDMoE's)")
+    p.add_argument("--combine", choices=("logits", "probs"), default=None,
+                   help="dual models (default logits or the JTDMoE's)")
+    p.add_argument("--attack", type=comma_list(attack_name), default=["pgd"],
+                   help="comma list of pgd | aa | smooth; one process runs them all, each writes its own files")
+    p.add_argument("--aa-version", choices=AA_VERSIONS, default="standard",
+                   help="AutoAttack: standard, or quick (APGD-CE alone, 10 iterations; smoke runs, labelled so)")
+    p.add_argument("--targets", type=comma_list(target_name), default=None,
                    help="comma list of attack targets to run (default: all of the table: whole,experts,router "
                         "for a single MoE, dual,rmoe,smoe for a dual model)")
-    p.add_argument("--eps", type=float, default=None, help="l_inf budget in pixel units (default: the run's)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step (default eps/4)")
-    p.add_argument("--steps", type=int, default=50, help="PGD steps")
-    p.add_argument("--n", type=int, default=0, help="evaluate a fixed subset of n test points (0: all)")
-    p.add_argument("--bs", type=int, default=256)
+    p.add_argument("--eps", type=tc.number(float, 0, 1), default=None,
+                   help="l_inf budget in pixel units (default: the run's)")
+    p.add_argument("--step-size", type=tc.number(float, 0), default=None, help="PGD step (default eps/4)")
+    p.add_argument("--steps", type=tc.number(int, 0), default=50, help="PGD steps")
+    p.add_argument("--n", type=tc.number(int, 0), default=0, help="evaluate a fixed subset of n test points (0: all)")
+    p.add_argument("--aa-n", type=tc.number(int, 0), default=None,
+                   help="test points for AutoAttack, far costlier than PGD (default: --n)")
+    p.add_argument("--bs", type=tc.number(int, 1), default=256)
     p.add_argument("--data-dir", default=None, help="default: the run's")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=tc.number(int), default=0)
+    p.add_argument("--out", default=None, help="output folder (default: the --ckpt's run folder; for --std/--rob "
+                                               "dual_<std run>+<rob run> beside the robust run)")
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.std or args.rob) or bool(args.std) != bool(args.rob):
-        raise ValueError("give either --ckpt PATH, or both --std PATH and --rob PATH")
-    if args.attack not in SINGLE_TARGETS:
-        raise ValueError(f"unknown attack {args.attack!r}; choose pgd, aa or smooth")
-    if args.targets:
-        args.targets = args.targets.split(",")
-        unknown = [t for t in args.targets if t not in COLUMN]
-        if unknown:
-            raise ValueError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(COLUMN)}")
-    if args.eps is not None and args.eps < 0:
-        raise ValueError(f"eps must be >= 0, got {args.eps}")
+        p.error("give either --ckpt PATH, or both --std PATH and --rob PATH")
     return args
+
+
+def run_of(path: str):
+    """(folder, name) of the run a checkpoint belongs to: runs/digits/st/ckpt.pt -> (runs/digits, st)."""
+    path = os.path.abspath(path)
+    path = os.path.dirname(path) if os.path.basename(path) == "ckpt.pt" else os.path.splitext(path)[0]
+    return os.path.split(path)
+
+
+def default_out(args) -> str:
+    """The --ckpt's run folder; a pair gets a folder of its own, so the robust run's own results stay."""
+    if args.ckpt:
+        return os.path.dirname(os.path.abspath(args.ckpt))
+    (parent, rob), (_, std) = run_of(args.rob), run_of(args.std)
+    return os.path.join(parent, f"dual_{std}+{rob}")
 
 
 def load_models(args):
@@ -73,10 +127,22 @@ def load_models(args):
         return model, run_args, isinstance(model, DualMoE)
     std, std_ckpt = tc.model_from_checkpoint(args.std)
     rob, rob_ckpt = tc.model_from_checkpoint(args.rob)
-    for key in ("dataset",):
-        if std_ckpt["args"][key] != rob_ckpt["args"][key]:
-            raise ValueError(f"--std and --rob were trained on different {key}s")
+    if std_ckpt["args"]["dataset"] != rob_ckpt["args"]["dataset"]:
+        raise ValueError("--std and --rob were trained on different datasets")
     return DualMoE(std, rob, 0.7, args.combine or "logits"), rob_ckpt["args"], True
+
+
+def check_fit(args, dual: bool) -> None:
+    """Attacks and targets the model can take, before any work (ValueError: one line)."""
+    kind, allowed = ("a dual model", DUAL_TARGETS) if dual else ("a single MoE", ("whole", "experts", "router",
+                                                                                  "smooth"))
+    wrong = [t for t in args.targets or () if t not in allowed]
+    if wrong:
+        raise ValueError(f"target(s) {', '.join(wrong)} do not fit {kind}; choose from {', '.join(allowed)}")
+    if dual and "smooth" in args.attack:
+        raise ValueError("the smooth attack is defined for single MoEs; use pgd or aa for dual models")
+    if not dual and args.alphas:
+        raise ValueError("--alphas is for dual models (--std/--rob or a JTDMoE checkpoint)")
 
 
 @torch.no_grad()
@@ -90,13 +156,18 @@ def class_margins(model, x, y, num_classes: int, bs: int = 512):
     return [margin[y == c].mean().item() if (y == c).any() else float("nan") for c in range(num_classes)]
 
 
+def attack_kind(args):
+    """(attack for attacks.py, AutoAttack version): smooth is PGD on other targets."""
+    return ("aa", args.aa_version) if args.attack == "aa" else ("pgd", None)
+
+
 def measure(model, x, y, targets, args, eps, step) -> dict:
-    """SA and accuracy of the full model under the attack of each target, in percent."""
+    """SA and accuracy of the full model under the attack args.attack of each target, in percent."""
     out = {"sa": 100 * clean_correct(model, x, y).float().mean().item()}
-    attack_name = "aa" if args.attack == "aa" else "pgd"
+    name, version = attack_kind(args)
     with tqdm(total=len(x) * len(targets), desc=f"{args.attack} eps={eps:.4g}", leave=False) as bar:
         for target in targets:
-            correct, same = evaluate_attack(model, x, y, target, attack_name, eps, step, args.steps, args.bs, bar)
+            correct, same = evaluate_attack(model, x, y, target, name, eps, step, args.steps, args.bs, bar, version)
             out[COLUMN[target]] = 100 * correct.float().mean().item()
             if same is not None:
                 out[f"route_same_{target}"] = 100 * same.float().mean().item()
@@ -109,7 +180,7 @@ def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
     for alpha in alphas:
         model.alpha = alpha
         rows.append({"alpha": alpha, "sa": 100 * clean_correct(model, x, y).float().mean().item()})
-    attack_name = "aa" if args.attack == "aa" else "pgd"
+    name, version = attack_kind(args)
     attacks_run = sum(1 if t in ALPHA_FREE else len(alphas) for t in targets)
     with eval_mode(model), tqdm(total=len(x) * attacks_run, desc=f"{args.attack} eps={eps:.4g}", leave=False) as bar:
         for target in targets:
@@ -117,8 +188,8 @@ def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
             for group in groups:
                 model.alpha = group[0]["alpha"]
                 correct = torch.zeros(len(group))
-                for batch, x_adv in adversarial_batches(model, x, y, target, attack_name, eps, step, args.steps,
-                                                        args.bs):
+                for batch, x_adv in adversarial_batches(model, x, y, target, name, eps, step, args.steps, args.bs,
+                                                        version):
                     with torch.no_grad():
                         for j, row in enumerate(group):
                             model.alpha = row["alpha"]
@@ -129,59 +200,62 @@ def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
     return rows
 
 
-def markdown(rows, columns) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])
-                                            for c in columns) + " |\n" for r in rows)
+def evaluate(model, x, y, dual, run_args, args, eps, step, num_classes):
+    """(JSON dict, markdown table) of one attack, args.attack."""
+    result = {"attack": args.attack, "eps": eps, "step_size": step, "steps": args.steps, "n": len(y),
+              "dataset": run_args["dataset"], "ckpt": args.ckpt or {"std": args.std, "rob": args.rob}}
+    if args.attack == "aa" and args.aa_version in AA_VERSION_NOTE:
+        result["aa_version"] = AA_VERSION_NOTE[args.aa_version]
+    if not dual:
+        result.update(measure(model, x, y, args.targets or SINGLE_TARGETS[args.attack], args, eps, step))
+        columns = [c for c in ("sa", "ra", "ra_e", "ra_r") if c in result]
+        if all(c in result for c in ("ra", "ra_e", "ra_r")):
+            result["worst"] = min(result["ra"], result["ra_e"], result["ra_r"])
+            columns.append("worst")
+        columns += [k for k in result if k.startswith("route_same")]
+        return result, tc.markdown_table(columns, [[result[c] for c in columns]])
+    alphas = args.alphas or [check_alpha(run_args.get("alpha", 0.7))]
+    rows = measure_dual(model, x, y, alphas, args.targets or DUAL_TARGETS, args, eps, step)
+    for row in rows:
+        model.alpha = row["alpha"]
+        row["margin_rob"] = class_margins(model.rob, x, y, num_classes)
+        row["margin_dual"] = class_margins(model, x, y, num_classes)
+    result.update(kind="jtdmoe" if args.ckpt else "pretrained", rows=rows)
+    columns = [c for c in ("alpha", "sa", "ra", "ra_rmoe", "ra_smoe") if c in rows[0]]
+    return result, tc.markdown_table(columns, [[row[c] for c in columns] for row in rows])
 
 
 def main(argv=None):
     args = parse_args(argv)
     model, run_args, dual = load_models(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    check_fit(args, dual)
+    eps = run_args.get("eps") if args.eps is None else args.eps
+    if eps is None:
+        raise ValueError(f"{args.ckpt or args.rob} records no eps; pass --eps")
+    step = eps / 4 if args.step_size is None else args.step_size
+    device = tc.pick_device(args.device)
     model = model.to(device).eval()
     if run_args.get("channels_last"):  # evaluate in the memory format the run trained in
         model = model.to(memory_format=torch.channels_last)
-    torch.manual_seed(args.seed)
     info = data.dataset_info(run_args["dataset"])
     _, test = data.load_dataset(run_args["dataset"], args.data_dir or run_args.get("data_dir", "data"))
-    x, y = (t.to(device) for t in data.test_subset(test, args.n))
-    eps = run_args["eps"] if args.eps is None else args.eps
-    step = eps / 4 if args.step_size is None else args.step_size
-    base = {"attack": args.attack, "eps": eps, "step_size": step, "steps": args.steps, "n": len(y),
-            "dataset": run_args["dataset"], "ckpt": args.ckpt or {"std": args.std, "rob": args.rob}}
-    out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt or args.rob))
+    out_dir = args.out or default_out(args)
     os.makedirs(out_dir, exist_ok=True)
-
-    if not dual:
-        result = {**base, **measure(model, x, y, args.targets or SINGLE_TARGETS[args.attack], args, eps, step)}
-        columns = [c for c in ("sa", "ra", "ra_e", "ra_r") if c in result]
-        if all(c in result for c in ("ra", "ra_e", "ra_r")):
-            result["worst"] = min(result["ra"], result["ra_e"], result["ra_r"])
-            columns.append("worst")
-        rows, name = [result], f"eval_{args.attack}"
-        columns += [k for k in result if k.startswith("route_same")]
-    else:
-        if args.attack == "smooth":
-            raise ValueError("the smooth attack is defined for single MoEs; use pgd or aa for dual models")
-        given = args.alphas.split(",") if args.alphas else [run_args.get("alpha", 0.7)]
-        alphas = [check_alpha(float(a)) for a in given]
-        rows = measure_dual(model, x, y, alphas, args.targets or DUAL_TARGETS, args, eps, step)
-        for row in rows:
-            model.alpha = row["alpha"]
-            row["margin_rob"] = class_margins(model.rob, x, y, info.num_classes)
-            row["margin_dual"] = class_margins(model, x, y, info.num_classes)
-        result = {**base, "kind": "jtdmoe" if args.ckpt else "pretrained", "rows": rows}
-        columns = [c for c in ("alpha", "sa", "ra", "ra_rmoe", "ra_smoe") if c in rows[0]]
-        name = f"dual_{args.attack}"
-    table = markdown(rows, columns)
-    # written whole or not at all: run_all.sh reuses any JSON it finds
-    tc.atomic_write(os.path.join(out_dir, name + ".md"), table)
-    tc.atomic_write(os.path.join(out_dir, name + ".json"), json.dumps(result, indent=1))
-    print(table, end="")
-    print(f"wrote {os.path.join(out_dir, name + '.json')}")
-    return result
+    results = {}
+    for attack in args.attack:
+        torch.manual_seed(args.seed)  # each attack as if it ran alone: its numbers do not depend on the list
+        one = argparse.Namespace(**{**vars(args), "attack": attack})
+        n = args.aa_n if attack == "aa" and args.aa_n is not None else args.n
+        x, y = (t.to(device) for t in data.test_subset(test, n))
+        result, table = evaluate(model, x, y, dual, run_args, one, eps, step, info.num_classes)
+        path = os.path.join(out_dir, result_name(attack))
+        # written whole or not at all: run_all's make takes any JSON it finds as done
+        tc.atomic_write(path + ".md", table)
+        tc.atomic_write(path + ".json", json.dumps(result, indent=1))
+        print(table, end="")
+        print(f"wrote {path}.json")
+        results[attack] = result
+    return results
 
 
 if __name__ == "__main__":
