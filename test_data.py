@@ -1,0 +1,210 @@
+"""data.py: the digits split, the CIFAR-10 / TinyImageNet / ImageNet loaders on tiny files, TensorLoader."""
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+
+
+# ----------------------------------------------------------------------------- digits
+
+def test_digits_split():
+    train, test = data.load_dataset("digits")
+    assert len(train) == 1437 and len(test) == 360
+    assert train.x.shape == (1437, 1, 8, 8) and train.x.dtype == torch.uint8
+    for c in range(10):
+        n_train, n_test = int((train.y == c).sum()), int((test.y == c).sum())
+        assert abs(n_test - 0.2 * (n_train + n_test)) <= 1, (c, n_train, n_test)  # stratified
+    px = train.pixels(torch.arange(len(train)))
+    assert px.min() == 0 and px.max() == 1
+    train2, test2 = data.load_dataset("digits")  # a fixed split
+    assert torch.equal(train.y, train2.y) and torch.equal(test.x, test2.x)
+    info = data.dataset_info("digits")
+    assert abs(px.mean().item() - info.mean[0]) < 0.01 and abs(px.std().item() - info.std[0]) < 0.01
+
+
+# ----------------------------------------------------------------------------- CIFAR-10, TinyImageNet, ImageNet
+
+def write_cifar(root, per_batch=2, n_test=3):
+    """The python version of CIFAR-10. The real files are Python 2 pickles whose keys load (latin1) as str,
+    which is what torchvision reads, so the keys here are str ('data', 'labels')."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        blob = {"batch_label": name, "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                "labels": rng.integers(0, 10, n).tolist(), "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(blob, f, protocol=2)
+        batches[name] = blob
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch,
+                     "num_vis": 3072}, f, protocol=2)
+    return batches
+
+
+def test_cifar10_loader_reads_python_batches(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+    batches = write_cifar(tmp_path)
+    # torchvision checks the md5 of every file against the real CIFAR-10; these tiny files cannot match
+    with pytest.raises(FileNotFoundError, match="corrupted"):
+        data.load_dataset("cifar10", str(tmp_path))
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    train, test = data.load_dataset("cifar10", str(tmp_path))
+    assert isinstance(train, data.ImageTensors) and isinstance(test, data.ImageTensors)
+    assert train.x.shape == (10, 3, 32, 32) and train.x.dtype == torch.uint8
+    assert test.x.shape == (3, 3, 32, 32) and test.x.dtype == torch.uint8
+    want_y = sum((batches[f"data_batch_{i}"]["labels"] for i in range(1, 6)), [])
+    assert train.y.tolist() == want_y and test.y.tolist() == batches["test_batch"]["labels"]
+    # a row of 'data' is 1024 red, 1024 green, 1024 blue values, row-major
+    first = torch.from_numpy(batches["data_batch_1"]["data"][0]).view(3, 32, 32)
+    assert torch.equal(train.x[0], first)
+    last = torch.from_numpy(batches["test_batch"]["data"][2]).view(3, 32, 32)
+    assert torch.equal(test.x[2], last)
+    px = train.pixels(torch.arange(10))
+    assert px.dtype == torch.float32 and px.min() >= 0 and px.max() <= 1
+
+
+def test_missing_datasets_say_where_they_looked(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("cifar10", str(tmp_path / "none"))
+    assert str(tmp_path / "none") in str(err.value) and "--download" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="tiny-imagenet-200"):
+        data.load_dataset("tinyimagenet", str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="ImageFolder"):
+        data.load_dataset("imagenet", str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load_dataset("mnist", str(tmp_path))
+
+
+def test_download_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+    import torchvision.datasets.cifar as tv_cifar
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    with pytest.raises(FileNotFoundError, match="could not download CIFAR-10"):
+        data.load_dataset("cifar10", str(tmp_path), download=True)
+    with pytest.raises(FileNotFoundError, match="could not download TinyImageNet"):
+        data.load_dataset("tinyimagenet", str(tmp_path), download=True)
+
+
+def save_jpeg(path, color=None, gray=None, size=(64, 64)):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("L", size, gray) if gray is not None else Image.new("RGB", size, color)
+    img.save(path, "JPEG", quality=95)
+
+
+def test_tinyimagenet_loader_and_cache(tmp_path, monkeypatch):
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n09999999", "n01111111"]  # not in sorted order: labels must follow wnids.txt
+    colors = {wnids[0]: (200, 30, 30), wnids[1]: (30, 30, 200)}
+    root.mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for w in wnids:
+        for i in range(2):
+            save_jpeg(root / "train" / w / "images" / f"{w}_{i}.JPEG", colors[w])
+    save_jpeg(root / "train" / wnids[1] / "images" / f"{wnids[1]}_2.JPEG", gray=120)  # a grayscale file
+    val = [("val_0.JPEG", wnids[1]), ("val_1.JPEG", wnids[0]), ("val_2.JPEG", wnids[1])]
+    for name, w in val:
+        save_jpeg(root / "val" / "images" / name, colors[w])
+    (root / "val" / "val_annotations.txt").write_text(
+        "".join(f"{name}\t{w}\t0\t0\t63\t63\n" for name, w in val))
+
+    train, test = data.load_dataset("tinyimagenet", str(tmp_path))
+    assert train.x.shape == (5, 3, 64, 64) and train.x.dtype == torch.uint8
+    assert test.x.shape == (3, 3, 64, 64)
+    assert train.y.tolist() == [0, 0, 1, 1, 1]
+    assert test.y.tolist() == [1, 0, 1]
+    for x, y in [*zip(train.x[:4], train.y[:4]), *zip(test.x, test.y)]:
+        mean_rgb = x.float().mean((1, 2))
+        assert (mean_rgb - torch.tensor(colors[wnids[y]], dtype=torch.float)).abs().max() < 8
+    gray = train.x[4].float()
+    assert (gray[0] - gray[1]).abs().max() <= 1 and (gray[0] - gray[2]).abs().max() <= 1
+    assert abs(gray.mean() - 120) < 4
+    assert (root / "uint8_cache.pt").exists()
+
+    def no_decoding(path):
+        raise AssertionError("the uint8 cache should have been used")
+
+    monkeypatch.setattr(data, "read_rgb", no_decoding)
+    train2, test2 = data.load_dataset("tinyimagenet", str(tmp_path))
+    assert torch.equal(train2.x, train.x) and torch.equal(train2.y, train.y)
+    assert torch.equal(test2.x, test.x) and torch.equal(test2.y, test.y)
+
+
+def test_imagenet_imagefolder_loader(tmp_path):
+    for split in ("train", "val"):
+        for c, color in (("cat", (250, 10, 10)), ("dog", (10, 250, 10))):
+            for i in range(2):
+                save_jpeg(tmp_path / split / c / f"{c}_{i}.JPEG", color, size=(300, 250))
+    train, val = data.load_dataset("imagenet", str(tmp_path))
+    assert val.classes == ["cat", "dog"] and val.targets == [0, 0, 1, 1]
+    for ds in (train, val):
+        x, y = ds[3]
+        assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and y == 1
+        assert x.min() >= 0 and x.max() <= 1
+    x, y = data.test_subset(val, 0)
+    assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 1, 1]
+    assert (x[0].mean((1, 2)) - torch.tensor([250, 10, 10]) / 255).abs().max() < 0.05
+    loader = data.train_loader(train, data.dataset_info("imagenet"), 2, torch.device("cpu"), seed=0, workers=0)
+    assert len(loader) == 2
+    xb, yb = next(iter(loader))
+    assert xb.shape == (2, 3, 224, 224) and yb.shape == (2,)
+
+
+# ----------------------------------------------------------------------------- TensorLoader
+
+def id_images(n=40, shape=(3, 8, 8)):
+    """Image i is constant with value i (uint8), label i: the label tells which image a batch row is."""
+    x = torch.arange(1, n + 1, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, *shape).contiguous()
+    return data.ImageTensors(x, torch.arange(1, n + 1), scale=float(n))
+
+
+def batches_of(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_tensor_loader_is_seeded_by_seed_and_epoch():
+    info = data.DatasetInfo(40, (3, 8, 8), (0.5,) * 3, (0.25,) * 3, 0.1, 2, True)
+    loader = data.TensorLoader(id_images(), 8, torch.device("cpu"), True, info, seed=3)
+    assert len(loader) == 5
+    first = batches_of(loader, 4)
+    torch.manual_seed(123)  # the global RNG must not matter
+    torch.rand(10)
+    again = batches_of(loader, 4)
+    assert len(first) == 5
+    for (x1, y1), (x2, y2) in zip(first, again):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    other = batches_of(loader, 5)
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, other)), "epochs must reshuffle"
+    other_seed = batches_of(data.TensorLoader(id_images(), 8, torch.device("cpu"), True, info, seed=4), 4)
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, other_seed))
+    ys = torch.cat([y for _, y in first])
+    assert sorted(ys.tolist()) == list(range(1, 41))  # one epoch is a permutation
+    for x, y in first:  # augmentation keeps shape, range and the row's own image
+        assert x.shape == (8, 3, 8, 8) and x.dtype == torch.float32
+        assert x.min() >= 0 and x.max() <= 1
+        centre = x[:, :, 2:-2, 2:-2]  # padding 2 only ever moves zeros into the border
+        assert torch.equal(centre, (y.float() / 40).view(-1, 1, 1, 1).expand_as(centre))
+    assert any((x == 0).any() for x, _ in first), "random crop with padding never shifted an image"
+
+
+def test_tensor_loader_without_augmentation_and_drop_last():
+    loader = data.TensorLoader(id_images(n=20), 8, torch.device("cpu"), shuffle=False, info=None)
+    got = list(loader)
+    assert len(loader) == len(got) == 2
+    assert torch.equal(torch.cat([y for _, y in got]), torch.arange(1, 17))
+    assert torch.equal(got[0][0], id_images(n=20).pixels(torch.arange(8)))
+    keep = data.TensorLoader(id_images(n=20), 8, torch.device("cpu"), shuffle=False, drop_last=False)
+    assert len(keep) == 3 and sum(len(y) for _, y in keep) == 20
