@@ -251,13 +251,17 @@ def train_loader(train, info: DatasetInfo, bs: int, device, seed: int, augment=T
     return FolderLoader(train, bs, device, True, seed, workers, rank, world)
 
 
+def subset_index(total: int, n: int = 0, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a fixed subset of n of total test points (all when n <= 0): a prefix of one seeded
+    permutation, so a smaller subset (AutoAttack's) always lies inside a larger one (PGD's)."""
+    if n <= 0 or n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def test_subset(test, n: int = 0, seed: int = 0):
     """A fixed subset of n test points (all when n <= 0), as pixel tensors (x, y) on the CPU."""
-    total = len(test)
-    if n <= 0 or n >= total:
-        idx = torch.arange(total)
-    else:
-        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    idx = subset_index(len(test), n, seed)
     if isinstance(test, ImageTensors):
         return test.pixels(idx), test.y[idx]
     xs, ys = zip(*(test[int(i)] for i in idx))
