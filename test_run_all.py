@@ -1,4 +1,6 @@
-"""run_all.sh and report.py: the quick digits pipeline end to end, its reuse on a second run, the preset checks."""
+"""run_all.sh, the Makefile and report.py: the quick digits pipeline end to end, its reuse, kills and resumes,
+the lock, the preset checks, dry runs (paper settings, seeds), a stage's outcomes, the arguments."""
+import glob
 import json
 import os
 import re
@@ -12,7 +14,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUN_ALL = os.path.join(HERE, "run_all.sh")
 PNG = b"\x89PNG\r\n\x1a\n"
-STATUS = re.compile(r"^\[\s*[\d.]+s\] (\w+)\s+(\S+)")  # "[   12.3s] done      rter (...)"
+STAGE = re.compile(r"^\[\d\d:\d\d:\d\d\] (\w+) (\S+) (\w+)")  # "[12:00:01] done st train (21s)"
+QUICK = ["digits", "--quick", "--jobs", "2"]
+RUNS = ["st", "rter", "at", "dual_pretrained", "jtdmoe_a0.7", "jtdmoe_a0.5", "jtdmoe_a0.6", "jtdmoe_a0.8", "trades",
+        "advmoe", "rter_b1", "rter_b3", "rter_b9", "rter_top2", "at_top2", "rter_e5", "rter_e3"]
 
 
 def env_for(tmp_path, **extra):
@@ -26,7 +31,8 @@ def env_for(tmp_path, **extra):
             f.write(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
         os.chmod(os.path.join(bin_dir, "python"), 0o755)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env.pop("MOE_DEBUG", None)
+    for name in ("MOE_DEBUG", "RESULTS_DIR", "EVAL_N", "AA_N", "DATA_DIR"):
+        env.pop(name, None)
     env.update(extra)
     return env
 
@@ -37,47 +43,55 @@ def run_all(args, env, cwd, timeout=1200):
     return proc, time.time() - t0
 
 
-def job_lines(stdout):
-    """(status, job) for every job line run_all printed, the report's lines left out."""
-    found = [STATUS.match(line) for line in stdout.splitlines()]
-    return [(m.group(1), m.group(2)) for m in found if m and m.group(2) != "report"]
+def stages(stdout):
+    """(outcome, run, stage) for every stage line run_all printed."""
+    found = [STAGE.match(line) for line in stdout.splitlines()]
+    return [m.groups() for m in found if m]
 
 
 def show(proc):
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
 
 
-QUICK = ["digits", "--quick", "--jobs", "2"]
+def one_line(stderr):
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def outputs(runs):
+    """{path: mtime} of every checkpoint, marker and result of a runs folder."""
+    paths = [p for pattern in ("*/ckpt.pt", "*/train.done", "*/eval_*.json") for p in glob.glob(str(runs / pattern))]
+    return {p: os.stat(p).st_mtime_ns for p in paths}
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """One uninterrupted quick digits pipeline: (runs, results, env, cwd, seconds, {k: table k bytes})."""
+    """One uninterrupted quick digits pipeline: (runs, results, env, cwd, {k: table k bytes})."""
     tmp_path = tmp_path_factory.mktemp("quick")
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    env = env_for(tmp_path, RUNS_DIR=str(runs), RESULTS_DIR=str(results))
+    runs = tmp_path / "runs"
+    env = env_for(tmp_path, RUNS_DIR=str(runs))
     first, took = run_all(QUICK, env, tmp_path)
     assert first.returncode == 0, show(first)
     print(f"first quick run: {took:.1f}s")
-    lines = job_lines(first.stdout)
-    assert ("start", "st") in lines and ("done", "st") in lines, first.stdout
-    assert re.search(r"total [\d.]+s", first.stdout)
+    done = stages(first.stdout)
+    for run in RUNS:  # every run trained (dual_pretrained: evaluated only) and evaluated where a table needs it
+        assert ("done", run, "eval" if run == "dual_pretrained" else "train") in done, (run, first.stdout)
+    assert not [s for s in done if s[0] not in ("start", "done")], first.stdout
+    assert re.search(r"total \d+s", first.stdout)
+    results = runs / "results"  # the default: a user's run never overwrites the committed results/digits
     tables = {k: (results / f"table{k}.md").read_bytes() for k in range(1, 11) if (results / f"table{k}.md").exists()}
-    return runs, results, env, tmp_path, took, tables
+    return runs, results, env, tmp_path, tables
 
 
 def test_quick_digits_end_to_end_then_everything_reused(quick):
-    runs, results, env, tmp_path, took, tables = quick
-    args = QUICK
+    runs, results, env, tmp_path, tables = quick
     assert len(tables) == 10
     for k in range(1, 11):
-        path = results / f"table{k}.md"
-        assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
-        text = path.read_text()
+        text = (results / f"table{k}.md").read_text()
         title = text.splitlines()[0]
         assert title.startswith(f"# Table {k}:") and "preset digits" in title and "eps 0.15" in title, title
         assert "bash run_all.sh digits --quick" in title, title
-        assert tables[k] == path.read_bytes()
     for path in [results / f"fig{k}.png" for k in range(2, 8)] + [results / "routing.png"]:
         assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
         assert path.read_bytes()[:8] == PNG, f"{path} is not a PNG"
@@ -85,113 +99,220 @@ def test_quick_digits_end_to_end_then_everything_reused(quick):
     assert blob["preset"] == "digits" and blob["quick"] is True
     assert {f"table{k}" for k in range(1, 11)} <= set(blob["tables"])
     assert "eval_pgd" in blob["runs"]["st"]["evals"] and blob["runs"]["st"]["log"]
+    assert "results" not in blob["runs"]  # the results folder inside the runs folder is no run
     # every table found its numbers (no run of the quick pipeline is missing)
     assert "n/a" not in tables[1].decode() and "n/a" not in tables[4].decode()
     assert "AutoAttack quick" in tables[1].decode()  # the cut-down AutoAttack is labelled as such
-    for name in ("st", "rter", "at", "trades", "advmoe", "rter_b9", "rter_e3", "rter_e5", "at_top2", "rter_top2"):
-        assert (runs / name / "eval_pgd.json").is_file(), name
-    for alpha in ("0.5", "0.6", "0.7", "0.8"):
-        assert (runs / f"jtdmoe_a{alpha}" / "log.csv").is_file(), alpha
-    assert (runs / "dual_pretrained" / "dual_aa.json").is_file()
-    assert (runs / "st" / "train.log").is_file() and (runs / "st" / "eval.log").is_file()
+    evals = {"st": "pgd aa smooth", "rter": "pgd aa smooth", "at": "pgd smooth", "dual_pretrained": "pgd aa",
+             "jtdmoe_a0.7": "pgd aa", "trades": "pgd aa", "advmoe": "pgd aa"}
+    for run in RUNS:
+        wanted = evals.get(run, "" if run.startswith("jtdmoe") else "pgd").split()
+        assert sorted(glob.glob(str(runs / run / "eval_*.json"))) == sorted(
+            str(runs / run / f"eval_{a}.json") for a in wanted), run
+        assert (runs / run / "train.done").is_file() == (run != "dual_pretrained"), run
+    aa = json.loads((runs / "st" / "eval_aa.json").read_text())
+    assert aa["aa_version"] == "quick: APGD-CE only, 10 iterations" and aa["n"] == 20
+    assert json.loads((runs / "st" / "eval_pgd.json").read_text())["n"] == 40
+    assert (runs / "st" / "train.log").read_text().startswith("+ python train_st.py")
+    assert (runs / "st" / "eval.log").read_text().startswith("+ python eval.py --ckpt")
 
-    # second run: nothing trained or evaluated again, identical tables
-    ckpt_time = (runs / "rter" / "ckpt.pt").stat().st_mtime_ns
-    second, took2 = run_all(args, env, tmp_path)
+    # second run: nothing trained or evaluated again, not a file rewritten, identical tables
+    before = outputs(runs)
+    assert len(before) == 16 * 2 + 23
+    second, took2 = run_all(QUICK, env, tmp_path)
     assert second.returncode == 0, show(second)
     print(f"second quick run: {took2:.1f}s")
-    lines = job_lines(second.stdout)
-    assert len(lines) == 17, second.stdout
-    assert all(status == "reused" for status, _ in lines), second.stdout
-    assert (runs / "rter" / "ckpt.pt").stat().st_mtime_ns == ckpt_time
+    assert stages(second.stdout) == [], second.stdout
+    assert outputs(runs) == before
     for k in range(1, 11):
         assert (results / f"table{k}.md").read_bytes() == tables[k], f"table{k}.md changed on the second run"
 
     # a run that collapsed (diverged.json) is reported as a collapse, not an error, and not retrained
     (runs / "rter_b9" / "diverged.json").write_text(json.dumps({"message": "loss became nan at epoch 2, step 3",
                                                                 "epoch": 2}))
-    third, _ = run_all(args, env, tmp_path)
+    third, _ = run_all(QUICK, env, tmp_path)
     assert third.returncode == 0, show(third)
-    assert "collapsed earlier" in third.stdout and "collapsed (reported as such" in third.stdout, third.stdout
+    assert stages(third.stdout) == [] and outputs(runs) == before, third.stdout
+    assert "run_all: collapsed (reported as such in the tables): rter_b9" in third.stdout, third.stdout
     table9 = (results / "table9.md").read_text()
     assert "collapsed (loss became nan at epoch 2, step 3)" in table9 and "last good checkpoint (epoch 1)" in table9
 
 
+def lock_holders(lock):
+    """Ids of the processes that have the lock file open."""
+    pids = set()
+    for fd in glob.glob("/proc/[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) == str(lock):
+                pids.add(int(fd.split("/")[2]))
+        except OSError:
+            pass  # a process or descriptor gone meanwhile
+    return pids
+
+
 def test_killed_midway_then_rerun_finishes_with_the_same_tables(tmp_path, quick):
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    env = env_for(tmp_path, RUNS_DIR=str(runs), RESULTS_DIR=str(results))
-    proc = subprocess.Popen(["bash", RUN_ALL, *QUICK], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:  # stop it once rter has a checkpoint after epoch 1 of 2: mid-training, with something to resume
-        log = runs / "rter" / "log.csv"
-        while not (log.exists() and len(log.read_text().splitlines()) >= 2):
-            assert proc.poll() is None, "run_all ended before it could be killed: " + proc.stderr.read()[-2000:]
+    runs = tmp_path / "runs"
+    env = env_for(tmp_path, RUNS_DIR=str(runs))
+
+    def start_and_wait_for(log, rows):
+        """run_all started, once log has more than rows lines; its output goes to files (its jobs may outlive it)."""
+        with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+            proc = subprocess.Popen(["bash", RUN_ALL, *QUICK], cwd=tmp_path, env=env, stdout=out, stderr=err)
+        while not (log.exists() and len(log.read_text().splitlines()) > rows):
+            assert proc.poll() is None, "run_all ended before it could be killed: " + show_files()
             time.sleep(0.05)
-        busy, _ = run_all(QUICK, env, tmp_path, timeout=60)  # a second run_all on the same runs is refused
-        assert busy.returncode == 1 and "still working in" in busy.stderr, show(busy)
+        return proc
+
+    def show_files():
+        return (tmp_path / "out.txt").read_text()[-2000:] + (tmp_path / "err.txt").read_text()[-2000:]
+
+    def refused():
+        busy, _ = run_all(QUICK, env, tmp_path, timeout=60)
+        assert busy.returncode == 1 and "still working in" in one_line(busy.stderr), show(busy)
+
+    # kill (SIGTERM) once rter has a checkpoint after epoch 1 of 2: mid-training, with something to resume
+    proc = start_and_wait_for(runs / "rter" / "log.csv", 1)
+    try:
+        refused()  # a second run_all on the same runs
         proc.send_signal(signal.SIGTERM)  # what `kill PID` sends
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and "Run the same command again" in err, err[-2000:]
-    assert not (results / "table1.md").exists()
+    assert proc.returncode == 130 and "Run the same command again" in (tmp_path / "err.txt").read_text(), show_files()
+    assert not (runs / "results" / "table1.md").exists()
+    assert not lock_holders(runs / ".lock"), "run_all ended before its jobs"
+
+    # kill -9 of run_all alone: its jobs go on and keep holding the lock, so a second run_all is still refused
+    proc = start_and_wait_for(runs / "at" / "log.csv", 1)
+    proc.kill()
+    proc.wait(timeout=60)
+    try:
+        refused()
+    finally:
+        for _ in range(100):  # stop what is left, by id, as `fuser -k RUNS/.lock` would
+            holders = lock_holders(runs / ".lock")
+            for pid in holders:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            if not holders:
+                break
+            time.sleep(0.2)
+    assert "resuming" in (runs / "rter" / "train.log").read_text()
 
     rerun, _ = run_all(QUICK, env, tmp_path)
     assert rerun.returncode == 0, show(rerun)
-    assert "resuming" in (runs / "rter" / "train.log").read_text()
     for k in range(1, 11):
-        assert (results / f"table{k}.md").read_bytes() == quick[5][k], f"table{k}.md differs from the uninterrupted run"
+        assert (runs / "results" / f"table{k}.md").read_bytes() == quick[4][k], \
+            f"table{k}.md differs from the uninterrupted run"
 
 
 def test_paper_preset_without_data_stops_before_training(tmp_path):
     runs = tmp_path / "runs"
-    env = env_for(tmp_path, DATA_DIR="/nonexistent", RUNS_DIR=str(runs), RESULTS_DIR=str(tmp_path / "results"))
+    env = env_for(tmp_path, DATA_DIR="/nonexistent", RUNS_DIR=str(runs))
     proc, _ = run_all(["cifar10"], env, tmp_path, timeout=120)
-    assert proc.returncode != 0, show(proc)
-    message = proc.stderr.strip().splitlines()
-    assert len(message) == 1, proc.stderr
-    assert "data" in message[0].lower() and "/nonexistent" in message[0], message[0]
-    assert "Traceback" not in proc.stderr and not runs.exists()
+    assert proc.returncode == 1, show(proc)
+    line = one_line(proc.stderr)
+    assert "data" in line.lower() and "/nonexistent/cifar-10-batches-py" in line, line
+    assert not runs.exists()
 
 
 def test_a_failing_job_stops_run_all_with_its_reason(tmp_path):
     runs = tmp_path / "runs"
     (runs / "st").mkdir(parents=True)
     (runs / "st" / "ckpt.pt").write_bytes(b"not a checkpoint")  # --resume must refuse it
-    env = env_for(tmp_path, RUNS_DIR=str(runs), RESULTS_DIR=str(tmp_path / "results"))
+    env = env_for(tmp_path, RUNS_DIR=str(runs))
     proc, _ = run_all(["digits", "--quick", "--jobs", "1"], env, tmp_path, timeout=300)
     assert proc.returncode == 1, show(proc)
-    assert "st failed" in proc.stderr and "corrupted" in proc.stderr and "train.log" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    first = proc.stderr.strip().splitlines()[0]  # then make's own account of the stop
+    assert first.startswith("run_all: st failed (train, exit 2): error: ") and "corrupted" in first, proc.stderr
+    assert first.endswith(f"; full log: {runs / 'st' / 'train.log'}") and "Traceback" not in proc.stderr
     assert not (runs / "rter").exists()  # nothing after the failure started
-    assert not (tmp_path / "results" / "table1.md").exists()
+    assert not (runs / "st" / "train.done").exists() and not (runs / "results").exists()
+
+
+def stage(tmp_path, target, command):
+    """The Makefile's JOB_SCRIPT on one stage, as make runs it: (exit status, stdout, stderr)."""
+    proc = subprocess.run(["make", "-s", "-f", os.path.join(HERE, "Makefile"), f"RUNS={tmp_path}",
+                           "--eval", f"stage: ; $(JOB) {target} {command}", "stage"],
+                          cwd=HERE, capture_output=True, text=True, timeout=60, env=env_for(tmp_path))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_stage_counts_a_divergence_as_done_and_skips_a_missing_checkpoint(tmp_path):
+    run = tmp_path / "rter_b9"
+    run.mkdir()
+    (run / "ckpt.pt").write_text("the last good checkpoint")
+    diverge = f"sh -c 'echo {{}} > {run}/diverged.json; echo error: training diverged at epoch 2 >&2; exit 3'"
+    code, out, err = stage(tmp_path, run / "train.done", diverge)
+    assert code == 0 and err == "" and "collapsed rter_b9 train" in out, (out, err)
+    assert out.strip().endswith("error: training diverged at epoch 2"), out
+    assert os.stat(run / "train.done").st_mtime_ns == os.stat(run / "ckpt.pt").st_mtime_ns  # dated like it
+
+    (run / "diverged.json").unlink()  # as a training does when it starts again
+    code, out, err = stage(tmp_path, run / "train.done", "sh -c 'echo not diverged >&2; exit 3'")
+    assert code != 0 and "run_all: rter_b9 failed (train, exit 3): not diverged; full log: " in err, (out, err)
+
+    code, out, err = stage(tmp_path, tmp_path / "jtdmoe_a0.7" / "train.done",
+                           f"python train_jtdmoe.py --std={tmp_path}/st/ckpt.pt --out {tmp_path}/jtdmoe_a0.7")
+    assert code == 0 and f"skipped jtdmoe_a0.7 train: no {tmp_path}/st/ckpt.pt" in out, (out, err)
+    assert not (tmp_path / "jtdmoe_a0.7").exists()
+
+
+def dry_run(args, tmp_path, **env):
+    proc, _ = run_all([*args, "--dry-run"], env_for(tmp_path, DATA_DIR="/nonexistent", RUNS_DIR=str(tmp_path / "runs"),
+                                                    **env), tmp_path, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", show(proc)
+    assert not (tmp_path / "runs").exists()
+    lines = proc.stdout.splitlines()
+    trains = [line for line in lines if "/train.done python train_" in line]
+    evals = [line for line in lines if " python eval.py " in line]
+    return proc.stdout, trains, evals
 
 
 def test_dry_run_shows_the_paper_settings(tmp_path):
-    env = env_for(tmp_path, DATA_DIR="/nonexistent", RUNS_DIR=str(tmp_path / "runs"))
-    proc, _ = run_all(["cifar10", "--dry-run"], env, tmp_path, timeout=60)
-    assert proc.returncode == 0, show(proc)
-    out = proc.stdout
+    out, trains, evals = dry_run(["cifar10"], tmp_path)
     assert ("train_rter.py --beta 6 --dataset cifar10 --arch resnet18 --amp --channels-last --data-dir /nonexistent "
             "--eval-n 1000 --epochs 130") in out
     assert "train_jtdmoe.py" in out and "--alpha 0.7" in out and "--epochs 10 " in out
-    assert "--alphas 0.5,0.6,0.7,0.8,0.9,1.0" in out and "--attack aa" in out and "--attack smooth" in out
-    assert out.count("would ") == 17 and not (tmp_path / "runs").exists()
-    proc, _ = run_all(["imagenet", "--dry-run"], env, tmp_path, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.count("would ") == 3, show(proc)
-    assert "--method trades --dataset imagenet --arch vit_small --pretrained" in proc.stdout
+    assert "--alphas 0.5,0.6,0.7,0.8,0.9,1.0" in out and "--attack pgd,aa,smooth" in out
+    assert len(trains) == 16 and len(evals) == 14
+    assert {re.search(r"/runs/([^/ ]+)/", line).group(1) for line in trains + evals} == set(RUNS)
+    assert all(line.endswith("--data-dir /nonexistent --n 0 --aa-n 0") for line in evals), evals
+    assert f"python report.py cifar10 --runs {tmp_path}/runs --out {tmp_path}/runs/results" in out
+    out, trains, evals = dry_run(["imagenet"], tmp_path)
+    assert len(trains) == 3 and len(evals) == 3
+    assert "--method trades --dataset imagenet --arch vit_small --pretrained" in out
 
 
-@pytest.mark.parametrize("args, code", [(["--help"], 0), (["nope"], 2), (["digits", "--jobs", "0"], 1)])
+def test_seeds_run_in_seed_folders_with_their_own_st_and_rter(tmp_path):
+    out, trains, evals = dry_run([*QUICK, "--seeds", "2"], tmp_path, EVAL_N="7", AA_N="3", RESULTS_DIR="res")
+    assert f"--out {tmp_path}/res --command" in out  # RESULTS_DIR, relative to where run_all was started
+    runs = tmp_path / "runs"
+    assert len(trains) == 32 and len(evals) == 28
+    for line in trains:
+        run = re.search(r"--out (\S+) --resume$", line).group(1)
+        assert (" --seed 1 " in line) == run.endswith("-seed1") and " --seed 0" not in line, line
+    jtd = [line for line in trains if "jtdmoe_a0.7-seed1 " in line]
+    assert len(jtd) == 1 and f"--std={runs}/st-seed1/ckpt.pt --rob={runs}/rter-seed1/ckpt.pt" in jtd[0]
+    dual = [line for line in evals if "dual_pretrained-seed1/eval " in line]
+    assert len(dual) == 1 and f"--std={runs}/st-seed1/ckpt.pt --rob={runs}/rter-seed1/ckpt.pt" in dual[0]
+    assert f"--out {runs}/dual_pretrained-seed1 " in dual[0]
+    assert all(line.endswith("--steps 5 --aa-version quick --n 7 --aa-n 3") for line in evals), evals
+    assert "--command bash run_all.sh digits --quick --seeds 2 --quick" in out
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["nope"], 2), (["digits", "--jobs", "0"], 2),
+                                        (["--seeds", "0"], 2), (["--jobs"], 2), (["digits", "cifar10"], 2)])
 def test_arguments(tmp_path, args, code):
-    proc, _ = run_all(args, env_for(tmp_path, RUNS_DIR=str(tmp_path / "r"), RESULTS_DIR=str(tmp_path / "s")),
-                      tmp_path, timeout=60)
+    proc, _ = run_all(args, env_for(tmp_path, RUNS_DIR=str(tmp_path / "r")), tmp_path, timeout=60)
     assert proc.returncode == code, show(proc)
     if code == 0:
-        assert "usage: bash run_all.sh" in proc.stdout
+        assert proc.stdout.startswith("usage: bash run_all.sh") and "--seeds N" in proc.stdout
     else:
-        assert proc.stderr.strip() and "Traceback" not in proc.stderr
+        assert one_line(proc.stderr).startswith("run_all: ")
     assert not (tmp_path / "r").exists()
 
 
