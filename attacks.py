@@ -249,8 +249,10 @@ def adversarial_batches(model, x, y, target: str, attack_name: str = "pgd", eps:
             x_adv = attack(model, x[rows], y[rows], target, eps, step, steps)
         elif attack_name == "aa":
             x_adv = autoattack(model, x[rows], y[rows], target, eps, bs, version=aa_version)
+        elif attack_name == "adaptive" and target == "whole":
+            x_adv = adaptive_attack(model, x[rows], y[rows], eps, step, steps)
         else:
-            raise ValueError(f"unknown attack {attack_name!r}; choose pgd or aa")
+            raise ValueError(f"unknown attack {attack_name!r} on {target!r}; choose pgd or aa, or adaptive on whole")
         yield rows, x_adv
 
 

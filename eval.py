@@ -1,9 +1,10 @@
 """Every metric of the paper for one checkpoint or a dual model; JSON and a markdown table per attack.
 
-Single MoE:  SA, RA (whole), RA-E (experts), RA-R (router), routing consistency, worst case.
+Single MoE:  SA, RA (whole), RA-E (experts), RA-R (router), routing consistency; `adaptive` attacks hard routing.
 Dual model:  SA, RA (dual), RA-RMoE, RA-SMoE for each alpha, and per-class margins of the robust MoE.
 Each attack writes OUT/eval_<attack>.json and .md (OUT: the run folder of --ckpt; for --std/--rob a
-folder of its own beside the robust run, dual_<std run>+<rob run>).
+folder of its own beside the robust run, dual_<std run>+<rob run>), with every test point's outcome, so that
+RA (worst), the points surviving every attack run on the model so far, is printed after each attack.
   python eval.py --ckpt runs/digits/st/ckpt.pt
   python eval.py --ckpt runs/digits/rter/ckpt.pt --attack pgd,aa,smooth
   python eval.py --std runs/digits/st/ckpt.pt --rob runs/digits/rter/ckpt.pt --alphas 0.5,0.6,0.7,0.8,0.9,1.0
@@ -21,9 +22,10 @@ import data
 import train_common as tc
 from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack
 from moe import DualMoE, check_alpha
+from outcomes import accuracy, worst_case
 
 SINGLE_TARGETS = {"pgd": ("whole", "experts", "router"), "aa": ("whole", "experts", "router"),
-                  "smooth": ("smooth", "experts", "router")}
+                  "smooth": ("smooth", "experts", "router"), "adaptive": ("whole",)}
 DUAL_TARGETS = ("dual", "rmoe", "smoe")
 ALPHA_FREE = ("rmoe", "smoe")  # attacks on one MoE of the pair: one attack serves every alpha
 COLUMN = {"whole": "ra", "smooth": "ra", "dual": "ra", "experts": "ra_e", "router": "ra_r",
@@ -77,7 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--combine", choices=("logits", "probs"), default=None,
                    help="dual models (default logits or the JTDMoE's)")
     p.add_argument("--attack", type=comma_list(attack_name), default=["pgd"],
-                   help="comma list of pgd | aa | smooth; one process runs them all, each writes its own files")
+                   help="comma list of pgd | aa | smooth | adaptive; one process runs them all, each writes its "
+                        "own files (adaptive: PGD that steers the router to each expert in turn; single MoEs)")
     p.add_argument("--aa-version", choices=AA_VERSIONS, default="standard",
                    help="AutoAttack: standard, or quick (APGD-CE alone, 10 iterations; smoke runs, labelled so)")
     p.add_argument("--targets", type=comma_list(target_name), default=None,
@@ -139,8 +142,9 @@ def check_fit(args, dual: bool) -> None:
     wrong = [t for t in args.targets or () if t not in allowed]
     if wrong:
         raise ValueError(f"target(s) {', '.join(wrong)} do not fit {kind}; choose from {', '.join(allowed)}")
-    if dual and "smooth" in args.attack:
-        raise ValueError("the smooth attack is defined for single MoEs; use pgd or aa for dual models")
+    for attack in ("smooth", "adaptive"):
+        if dual and attack in args.attack:
+            raise ValueError(f"the {attack} attack is defined for single MoEs; use pgd or aa for dual models")
     if not dual and args.alphas:
         raise ValueError("--alphas is for dual models (--std/--rob or a JTDMoE checkpoint)")
 
@@ -158,17 +162,23 @@ def class_margins(model, x, y, num_classes: int, bs: int = 512):
 
 def attack_kind(args):
     """(attack for attacks.py, AutoAttack version): smooth is PGD on other targets."""
-    return ("aa", args.aa_version) if args.attack == "aa" else ("pgd", None)
+    return ("pgd" if args.attack == "smooth" else args.attack), args.aa_version
+
+
+def bits(correct) -> list:
+    return correct.int().tolist()
 
 
 def measure(model, x, y, targets, args, eps, step) -> dict:
-    """SA and accuracy of the full model under the attack args.attack of each target, in percent."""
-    out = {"sa": 100 * clean_correct(model, x, y).float().mean().item()}
+    """SA and accuracy of the full model under the attack args.attack of each target, in percent, and per point."""
+    clean = clean_correct(model, x, y)
+    out = {"sa": 100 * clean.float().mean().item(), "correct": {"clean": bits(clean)}}
     name, version = attack_kind(args)
     with tqdm(total=len(x) * len(targets), desc=f"{args.attack} eps={eps:.4g}", leave=False) as bar:
         for target in targets:
             correct, same = evaluate_attack(model, x, y, target, name, eps, step, args.steps, args.bs, bar, version)
             out[COLUMN[target]] = 100 * correct.float().mean().item()
+            out["correct"][target] = bits(correct)
             if same is not None:
                 out[f"route_same_{target}"] = 100 * same.float().mean().item()
     return out
@@ -179,7 +189,8 @@ def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
     rows = []
     for alpha in alphas:
         model.alpha = alpha
-        rows.append({"alpha": alpha, "sa": 100 * clean_correct(model, x, y).float().mean().item()})
+        clean = clean_correct(model, x, y)
+        rows.append({"alpha": alpha, "sa": 100 * clean.float().mean().item(), "correct": {"clean": bits(clean)}})
     name, version = attack_kind(args)
     attacks_run = sum(1 if t in ALPHA_FREE else len(alphas) for t in targets)
     with eval_mode(model), tqdm(total=len(x) * attacks_run, desc=f"{args.attack} eps={eps:.4g}", leave=False) as bar:
@@ -187,31 +198,30 @@ def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
             groups = [rows] if target in ALPHA_FREE else [[row] for row in rows]
             for group in groups:
                 model.alpha = group[0]["alpha"]
-                correct = torch.zeros(len(group))
+                correct = [[] for _ in group]
                 for batch, x_adv in adversarial_batches(model, x, y, target, name, eps, step, args.steps, args.bs,
                                                         version):
                     with torch.no_grad():
                         for j, row in enumerate(group):
                             model.alpha = row["alpha"]
-                            correct[j] += (model(x_adv).argmax(1) == y[batch]).sum().item()
+                            correct[j].append(model(x_adv).argmax(1) == y[batch])
                     bar.update(len(x_adv))
                 for j, row in enumerate(group):
-                    row[COLUMN[target]] = 100 * correct[j].item() / len(y)
+                    row[COLUMN[target]] = 100 * torch.cat(correct[j]).float().mean().item()
+                    row["correct"][target] = bits(torch.cat(correct[j]))
     return rows
 
 
-def evaluate(model, x, y, dual, run_args, args, eps, step, num_classes):
-    """(JSON dict, markdown table) of one attack, args.attack."""
+def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
+    """(JSON dict, markdown table) of one attack, args.attack; index: the test points' indices."""
     result = {"attack": args.attack, "eps": eps, "step_size": step, "steps": args.steps, "n": len(y),
-              "dataset": run_args["dataset"], "ckpt": args.ckpt or {"std": args.std, "rob": args.rob}}
+              "dataset": run_args["dataset"], "ckpt": args.ckpt or {"std": args.std, "rob": args.rob},
+              "index": index}
     if args.attack == "aa" and args.aa_version in AA_VERSION_NOTE:
         result["aa_version"] = AA_VERSION_NOTE[args.aa_version]
     if not dual:
         result.update(measure(model, x, y, args.targets or SINGLE_TARGETS[args.attack], args, eps, step))
         columns = [c for c in ("sa", "ra", "ra_e", "ra_r") if c in result]
-        if all(c in result for c in ("ra", "ra_e", "ra_r")):
-            result["worst"] = min(result["ra"], result["ra_e"], result["ra_r"])
-            columns.append("worst")
         columns += [k for k in result if k.startswith("route_same")]
         return result, tc.markdown_table(columns, [[result[c] for c in columns]])
     alphas = args.alphas or [check_alpha(run_args.get("alpha", 0.7))]
@@ -247,15 +257,32 @@ def main(argv=None):
         one = argparse.Namespace(**{**vars(args), "attack": attack})
         n = args.aa_n if attack == "aa" and args.aa_n is not None else args.n
         x, y = (t.to(device) for t in data.test_subset(test, n))
-        result, table = evaluate(model, x, y, dual, run_args, one, eps, step, info.num_classes)
+        index = data.subset_index(len(test), n).tolist()
+        result, table = evaluate(model, x, y, index, dual, run_args, one, eps, step, info.num_classes)
         path = os.path.join(out_dir, result_name(attack))
         # written whole or not at all: run_all's make takes any JSON it finds as done
         tc.atomic_write(path + ".md", table)
         tc.atomic_write(path + ".json", json.dumps(result, indent=1))
         print(table, end="")
         print(f"wrote {path}.json")
+        print_worst_case(out_dir, result)
         results[attack] = result
     return results
+
+
+def print_worst_case(out_dir: str, result: dict) -> None:
+    """RA (worst) over every evaluation in out_dir that used this eps, on the points they share."""
+    evals = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.startswith(result_name("")) and name.endswith(".json"):
+            with open(os.path.join(out_dir, name)) as f:
+                ev = json.load(f)
+            if ev.get("eps") == result["eps"] and "index" in ev:
+                evals.append(ev)
+    for alpha in [row["alpha"] for row in result.get("rows", [])] or [None]:
+        covered, survived = worst_case(evals, alpha)
+        print(f"RA (worst){f' at alpha {alpha:g}' if alpha is not None else ''}: {accuracy(survived):.2f} % of "
+              f"{len(survived)} points survive every attack so far ({', '.join(covered)})")
 
 
 if __name__ == "__main__":
