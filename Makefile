@@ -1,7 +1,7 @@
 # The runs and evaluations of one preset as files: make orders them, runs -j at once, reuses what exists, dry-runs
 # (-n). run_all.sh calls it; by hand: make -s -j2 RUNS=runs/digits-quick QUICK=1 [PRESET=digits SEEDS=1 DATA=data]
-# RUN/train.done: the training exited 0, or 3 (diverged: a collapse), dated like its checkpoint so that evaluations
-# (RUN/eval_<attack>.json, eval.py's result_name) newer than the checkpoint stay. Delete a file to redo it.
+# RUN/train.done: the training exited 0 or 3 (diverged: a collapse), dated like its checkpoint: evaluations (eval.py's
+# RUN/eval_<attack>.json) newer than it stay. Delete a JSON to redo it, train.done to go on or retry, a run to retrain.
 PRESET ?= digits
 SEEDS ?= 1
 RUNS ?= runs/$(PRESET)$(if $(QUICK),-quick)

@@ -3,10 +3,10 @@
 #                        [--data-dir DIR] [--dry-run]
 # Every table and figure of the paper on one preset: make trains and evaluates the runs the Makefile lists, then
 # report.py writes tables, figures and results.json. Resumable: run it again after an interruption. Presets: digits
-# (default; offline, CPU), cifar10, tinyimagenet, imagenet (Table 10): GPU and data. --quick: smoke run; --jobs N at
-# once (default 2 on digits, else 1); --seeds N: seeds 0..N-1, seed k >= 1 in <run>-seed<k>; --dry-run: make -n.
-# Environment: RUNS_DIR (runs/<preset>[-quick]), RESULTS_DIR (RUNS_DIR/results), DATA_DIR (./data), EVAL_N / AA_N
-# (test points of the final PGD / AutoAttack evaluations: all, AA_N 100 on digits; 40 / 20 with --quick).
+# (default; offline, CPU), cifar10, tinyimagenet, imagenet (Table 10): GPU (or --allow-cpu) and data (--data-dir,
+# DATA_DIR, ./data). --quick: smoke run; --jobs N at once (default 2 on digits, else 1); --seeds N: seeds 0..N-1,
+# seed k >= 1 in <run>-seed<k>; --dry-run: make -n. Environment: RUNS_DIR (runs/<preset>[-quick]), RESULTS_DIR
+# (RUNS_DIR/results), EVAL_N / AA_N (test points of the final PGD / AutoAttack evaluations: all, AA_N 100 on digits).
 set -uo pipefail
 die() { echo "run_all: $*" >&2; exit 1; }
 bad() { echo "run_all: $*; see bash run_all.sh --help" >&2; exit 2; }
@@ -45,7 +45,7 @@ for need in ${NEED[$PRESET]:-}; do [[ -e $DATA/$need ]] || die "$PRESET data mis
   "get it with a train script's --download (ImageNet: by hand, train/ and val/ class folders) or set DATA_DIR"; done
 ON_GPU=""  # digits asks torch only where a driver is (an import less)
 { [[ $PRESET != digits ]] || command -v nvidia-smi >/dev/null; } &&
-  python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null && ON_GPU=1
+  python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null && ON_GPU=GPU
 [[ -n $ON_GPU$ALLOW_CPU || $PRESET == digits ]] || die "preset $PRESET needs a GPU, but none is visible" \
   "(torch.cuda.is_available() is False); use --allow-cpu to run on CPU anyway"
 [[ -n $ON_GPU ]] || ((JOBS == 1)) || export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -53,7 +53,7 @@ ON_GPU=""  # digits asks torch only where a driver is (an import less)
 mkdir -p "$RUNS" && exec 9>>"$RUNS/.lock" || die "cannot create $RUNS/.lock"  # every job inherits the lock (fd 9)
 flock -n 9 || die "another run_all.sh (or a job left from one, even by a kill -9) is still working in $RUNS; wait" \
   "for it to end or stop it (fuser -k $RUNS/.lock), then run this again"
-echo "run_all: preset $PRESET${QUICK:+ (quick)}, $SEEDS seed(s), $JOBS job(s) at once; runs in $RUNS"
+echo "run_all: preset $PRESET${QUICK:+ (quick)}, $SEEDS seed(s), $JOBS job(s) at once on ${ON_GPU:-CPU}; runs in $RUNS"
 stop() {  # exit status, why (none: the failing job said why); make and its jobs are one process group (set -m)
   [[ -z ${2:-} ]] || echo "run_all: $2: stopping the jobs. Run the same command again to go on (done work stays)" >&2
   kill -TERM -- "-$MAKE_PID" 2>/dev/null; wait $MAKE_PID
