@@ -161,8 +161,9 @@ def class_margins(model, x, y, num_classes: int, bs: int = 512):
 
 
 def attack_kind(args):
-    """(attack for attacks.py, AutoAttack version): smooth is PGD on other targets."""
-    return ("pgd" if args.attack == "smooth" else args.attack), args.aa_version
+    """(attack for attacks.py, AutoAttack version or None): smooth is PGD on other targets."""
+    name = "pgd" if args.attack == "smooth" else args.attack
+    return name, (args.aa_version if name == "aa" else None)
 
 
 def bits(correct) -> list:
