@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 import data
 import train_common as tc
+from checkpoint import atomic_write
+from cli import ArgumentParser, markdown_table, number, pick_device, run_main
 from moe import Normalize, build_expert, build_moe, st_loss
 from losses import at_loss, rter_loss
 
@@ -41,26 +43,26 @@ CASES = ("single", "moe", "at", "rter_shared", "rter_separate")
 
 
 def parse_args(argv=None):
-    p = tc.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--arch", default="resnet18", choices=list(SHAPES), help="cnn: 1x8x8 inputs, a quick CPU check")
-    p.add_argument("--experts", type=tc.number(int, 2), default=4, help="experts E of the MoE (top-1 routing)")
-    p.add_argument("--bs", type=tc.number(int, 1), default=None, help="batch size (default 128 on GPU, 32 on CPU)")
-    p.add_argument("--warmup", type=tc.number(int, 0), default=None, help="untimed rounds first (default per device)")
-    p.add_argument("--iters", type=tc.number(int, 1), default=None, help="timed rounds (default per device and arch)")
-    p.add_argument("--steps", type=tc.number(int, 0), default=10, help="PGD steps K of the AT and RT-ER attacks")
+    p.add_argument("--experts", type=number(int, 2), default=4, help="experts E of the MoE (top-1 routing)")
+    p.add_argument("--bs", type=number(int, 1), default=None, help="batch size (default 128 on GPU, 32 on CPU)")
+    p.add_argument("--warmup", type=number(int, 0), default=None, help="untimed rounds first (default per device)")
+    p.add_argument("--iters", type=number(int, 1), default=None, help="timed rounds (default per device and arch)")
+    p.add_argument("--steps", type=number(int, 0), default=10, help="PGD steps K of the AT and RT-ER attacks")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default on with a GPU; ignored on CPU, as in training)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for models and data (default on with a GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile each expert (and the single network)")
-    p.add_argument("--threads", type=tc.number(int, 1), default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file (default results/bench_<device>[_<arch>].json)")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = tc.pick_device(args.device)
+    device = pick_device(args.device)
     gpu = device.type == "cuda"
     # CPU defaults keep a resnet18 run short: a PGD-10 RT-ER step of 4 resnet18 experts at bs 32 takes
     # tens of seconds on 2 cores; the cnn case is cheap, so it gets more rounds.
@@ -238,8 +240,8 @@ def markdown(res: dict) -> str:
                     f"<= {res['epoch_goal_s']:.0f} (PGD-10, one H100)"]]
     cases = [[name, f"{c['median_s']:.4g}", f"{c['min_s']:.4g}", fmt(c["images_per_s"])]
              for name, c in res["cases"].items()]
-    lines += ["", tc.markdown_table(["measure", "measured", "goal"], ratios),
-              tc.markdown_table(["case", "median s/step", "min s/step", "images/s"], cases)]
+    lines += ["", markdown_table(["measure", "measured", "goal"], ratios),
+              markdown_table(["case", "median s/step", "min s/step", "images/s"], cases)]
     lines.append(f"top-1 expert usage on one batch at the end: {res['routing_usage_last']}")
     if res["max_memory_gib"] is not None:
         lines.append(f"peak GPU memory: {res['max_memory_gib']:.1f} GiB")
@@ -264,10 +266,10 @@ def main(argv=None):
     print(text, flush=True)
     if os.path.dirname(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tc.atomic_write(args.out, json.dumps(res, indent=1))
+    atomic_write(args.out, json.dumps(res, indent=1))
     print(f"wrote {args.out}")
     return res
 
 
 if __name__ == "__main__":
-    tc.cli(main)
+    run_main(main)

@@ -90,7 +90,8 @@ def claims_table(runs: dict) -> tuple:
 
 def main(argv=None):
     import report  # the runs are read the way the tables read them
-    from train_common import ArgumentParser, atomic_write, markdown_table
+    from checkpoint import atomic_write
+    from cli import ArgumentParser, markdown_table
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", help="runs folder of a preset (e.g. runs/digits)")
     p.add_argument("--out", default=None, help="claims.md path (default <runs>/results/claims.md)")

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import train_common as tc
+import checkpoint
+import cli
 from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack
 from moe import DualMoE, check_alpha
 from outcomes import accuracy, worst_case
@@ -70,7 +71,7 @@ def alpha_value(text: str) -> float:
 
 
 def parse_args(argv=None):
-    p = tc.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="a single-MoE or JTDMoE checkpoint")
     p.add_argument("--std", help="standard MoE checkpoint of a pre-trained dual model")
     p.add_argument("--rob", help="robust MoE checkpoint of a pre-trained dual model")
@@ -86,17 +87,17 @@ def parse_args(argv=None):
     p.add_argument("--targets", type=comma_list(target_name), default=None,
                    help="comma list of attack targets to run (default: all of the table: whole,experts,router "
                         "for a single MoE, dual,rmoe,smoe for a dual model)")
-    p.add_argument("--eps", type=tc.number(float, 0, 1), default=None,
+    p.add_argument("--eps", type=cli.number(float, 0, 1), default=None,
                    help="l_inf budget in pixel units (default: the run's)")
-    p.add_argument("--step-size", type=tc.number(float, 0), default=None, help="PGD step (default eps/4)")
-    p.add_argument("--steps", type=tc.number(int, 0), default=50, help="PGD steps")
-    p.add_argument("--n", type=tc.number(int, 0), default=0, help="evaluate a fixed subset of n test points (0: all)")
-    p.add_argument("--aa-n", type=tc.number(int, 0), default=None,
+    p.add_argument("--step-size", type=cli.number(float, 0), default=None, help="PGD step (default eps/4)")
+    p.add_argument("--steps", type=cli.number(int, 0), default=50, help="PGD steps")
+    p.add_argument("--n", type=cli.number(int, 0), default=0, help="evaluate a fixed subset of n test points (0: all)")
+    p.add_argument("--aa-n", type=cli.number(int, 0), default=None,
                    help="test points for AutoAttack, far costlier than PGD (default: --n)")
-    p.add_argument("--bs", type=tc.number(int, 1), default=256)
+    p.add_argument("--bs", type=cli.number(int, 1), default=256)
     p.add_argument("--data-dir", default=None, help="default: the run's")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=tc.number(int), default=0)
+    p.add_argument("--seed", type=cli.number(int), default=0)
     p.add_argument("--out", default=None, help="output folder (default: the --ckpt's run folder; for --std/--rob "
                                                "dual_<std run>+<rob run> beside the robust run)")
     args = p.parse_args(argv)
@@ -123,13 +124,13 @@ def default_out(args) -> str:
 def load_models(args):
     """(model, run args of the robust / single MoE, is_dual)."""
     if args.ckpt:
-        model, ckpt = tc.model_from_checkpoint(args.ckpt, combine=args.combine)
+        model, ckpt = checkpoint.model_from_checkpoint(args.ckpt, combine=args.combine)
         run_args = ckpt["args"]
         if isinstance(model, DualMoE):
             run_args = {**run_args["rob_args"], "alpha": run_args["alpha"]}
         return model, run_args, isinstance(model, DualMoE)
-    std, std_ckpt = tc.model_from_checkpoint(args.std)
-    rob, rob_ckpt = tc.model_from_checkpoint(args.rob)
+    std, std_ckpt = checkpoint.model_from_checkpoint(args.std)
+    rob, rob_ckpt = checkpoint.model_from_checkpoint(args.rob)
     if std_ckpt["args"]["dataset"] != rob_ckpt["args"]["dataset"]:
         raise ValueError("--std and --rob were trained on different datasets")
     return DualMoE(std, rob, 0.7, args.combine or "logits"), rob_ckpt["args"], True
@@ -224,7 +225,7 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
         result.update(measure(model, x, y, args.targets or SINGLE_TARGETS[args.attack], args, eps, step))
         columns = [c for c in ("sa", "ra", "ra_e", "ra_r") if c in result]
         columns += [k for k in result if k.startswith("route_same")]
-        return result, tc.markdown_table(columns, [[result[c] for c in columns]])
+        return result, cli.markdown_table(columns, [[result[c] for c in columns]])
     alphas = args.alphas or [check_alpha(run_args.get("alpha", 0.7))]
     rows = measure_dual(model, x, y, alphas, args.targets or DUAL_TARGETS, args, eps, step)
     for row in rows:
@@ -233,7 +234,7 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
         row["margin_dual"] = class_margins(model, x, y, num_classes)
     result.update(kind="jtdmoe" if args.ckpt else "pretrained", rows=rows)
     columns = [c for c in ("alpha", "sa", "ra", "ra_rmoe", "ra_smoe") if c in rows[0]]
-    return result, tc.markdown_table(columns, [[row[c] for c in columns] for row in rows])
+    return result, cli.markdown_table(columns, [[row[c] for c in columns] for row in rows])
 
 
 def main(argv=None):
@@ -244,7 +245,7 @@ def main(argv=None):
     if eps is None:
         raise ValueError(f"{args.ckpt or args.rob} records no eps; pass --eps")
     step = eps / 4 if args.step_size is None else args.step_size
-    device = tc.pick_device(args.device)
+    device = cli.pick_device(args.device)
     model = model.to(device).eval()
     if run_args.get("channels_last"):  # evaluate in the memory format the run trained in
         model = model.to(memory_format=torch.channels_last)
@@ -262,8 +263,8 @@ def main(argv=None):
         result, table = evaluate(model, x, y, index, dual, run_args, one, eps, step, info.num_classes)
         path = os.path.join(out_dir, result_name(attack))
         # written whole or not at all: run_all's make takes any JSON it finds as done
-        tc.atomic_write(path + ".md", table)
-        tc.atomic_write(path + ".json", json.dumps(result, indent=1))
+        checkpoint.atomic_write(path + ".md", table)
+        checkpoint.atomic_write(path + ".json", json.dumps(result, indent=1))
         print(table, end="")
         print(f"wrote {path}.json")
         print_worst_case(out_dir, result)
@@ -287,4 +288,4 @@ def print_worst_case(out_dir: str, result: dict) -> None:
 
 
 if __name__ == "__main__":
-    tc.cli(main)
+    cli.run_main(main)

@@ -3,8 +3,7 @@
 A train script shows its own loop (nanoGPT style) and leans on `Run` for the rest:
     run = Run(args); model = run.prepare(...); start = run.start(model, optimizers, schedulers)
     for epoch in range(start, args.epochs):
-        for x, y in run.batches(epoch):
-            run.update(loss, model, optimizer); scheduler.step()
+        for x, y in run.batches(epoch): run.update(loss, model, optimizer); scheduler.step()
         run.end_epoch(epoch)
 """
 import argparse
@@ -24,8 +23,7 @@ import data
 from attacks import clean_correct, evaluate_attack
 from checkpoint import (atomic_save, atomic_write, build_model_from_args, load_checkpoint, load_weights,  # noqa: F401
                         log_csv, model_from_checkpoint, read_log, rng_state, set_rng_state)
-from cli import ArgumentParser, Divergence, markdown_table, number, pick_device  # noqa: F401
-from cli import run_main as cli  # noqa: F401
+from cli import ArgumentParser, Divergence, markdown_table, number, pick_device, run_main as cli  # noqa: F401
 from moe import ARCHS, MoE, check_routing
 
 # per dataset: what a flag left unset becomes. digits balances harder: at 0.01 every digits router
@@ -34,8 +32,7 @@ from moe import ARCHS, MoE, check_routing
 DEFAULTS = {
     "digits": dict(arch="cnn", epochs=30, bs=64, lr=1e-3, eval_n=0, balance=0.1, channels_last=True),
     "cifar10": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
-    "tinyimagenet": dict(arch="vit_small", epochs=10, bs=128, lr=1e-4, eval_n=1000, balance=0.01,
-                         channels_last=False),
+    "tinyimagenet": dict(arch="vit_small", epochs=10, bs=128, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
     "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
 }
 # the only settings --resume may change: how long, where and how fast it runs, how often it is evaluated
