@@ -1,7 +1,10 @@
-"""eval.py: several attacks in one call, the quick AutoAttack flag, the dual model's own out folder, bad input.
+"""eval.py: several attacks in one call, the quick AutoAttack flag, the dual model's own out folder, per-point
+outcomes and RA (worst), the alpha sweep of a dual model, the command line on ST / JTDMoE / pair checkpoints, bad input.
 
-In process (tc.cli(ev.main) is what `python eval.py` runs), on a 1-epoch digits ST checkpoint.
+In process (tc.cli(ev.main) is what `python eval.py` runs) on a 1-epoch digits ST checkpoint; the command-line
+tests run as subprocesses started before this file's first test.
 """
+import argparse
 import json
 import shutil
 import sys
@@ -9,9 +12,13 @@ import sys
 import pytest
 import torch
 
+import attacks
+import data
 import eval as ev
+import moe
 import train_common as tc
 import train_st
+from conftest import BAD_EVAL, assert_refused, batch, start_when_selected, succeeded, tiny_moe
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +145,135 @@ def test_bad_input_is_one_error_line_and_exit_2(runs, tmp_path, monkeypatch, cap
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert not (tmp_path / "out").exists(), "refused before writing anything"
+
+
+# ----------------------------------------------------------------------------- the dual sweep and the command line
+
+@pytest.fixture(scope="module", autouse=True)
+def start_cli_runs_first(request):
+    """This file's CLI subprocesses start before its first test and run beside the in-process tests."""
+    start_when_selected(request, "eval_cli")
+
+
+# ----------------------------------------------------------------------------- the dual sweep (in process)
+
+def sweep(d, x, y, alphas, targets, eps=0.1):
+    torch.manual_seed(0)
+    args = argparse.Namespace(attack="pgd", steps=3, bs=len(x))
+    return ev.measure_dual(d, x, y, alphas, targets, args, eps, eps / 2)
+
+
+def test_dual_sweep_attacks_each_moe_once_and_judges_every_alpha():
+    std, rob = tiny_moe(1, seed=0), tiny_moe(1, seed=1)
+    d = moe.DualMoE(std, rob, 0.7).eval()
+    x, _ = batch(32)
+    with torch.no_grad():
+        y = rob(x).argmax(1)  # labels the robust MoE gets right, so accuracies are not all 0
+    rows = sweep(d, x, y, [0.5, 0.7, 1.0], ["rmoe", "smoe"])
+    for target, key in (("rmoe", "ra_rmoe"), ("smoe", "ra_smoe")):
+        torch.manual_seed(0)
+        if target == "smoe":  # the sweep attacked rmoe first: replay it to reach the same random start
+            attacks.attack(d, x, y, "rmoe", 0.1, 0.05, 3)
+        x_adv = attacks.attack(d, x, y, target, 0.1, 0.05, 3)
+        with torch.no_grad():
+            for row in rows:
+                d.alpha = row["alpha"]
+                assert row[key] == 100 * (d(x_adv).argmax(1) == y).sum().item() / len(y), (target, row)
+                assert row["sa"] == 100 * (d(x).argmax(1) == y).float().mean().item()
+    assert rows[-1]["sa"] == 100.0 and rows[-1]["ra_rmoe"] < 100.0
+    # at alpha = 1 the dual model is the robust MoE, so attacking it is attacking the robust MoE
+    (at_one,) = sweep(d, x, y, [1.0], ["dual"])
+    assert at_one["ra"] == rows[-1]["ra_rmoe"]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def result_of(eval_cli, name, attack="pgd"):
+    """The JSON an eval.py run wrote into its --out folder (single MoE and dual model alike)."""
+    return json.loads((eval_cli.tmp / name / f"eval_{attack}.json").read_text())
+
+
+def test_eval_cli_on_st_checkpoint(eval_cli):
+    proc = succeeded(eval_cli.procs, "eval_ok")
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert lines[0].replace(" ", "").startswith("|sa|ra|ra_e|ra_r|route_same_whole|")
+    assert len(lines) == 3  # header, separator, one row
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert all(float(c) >= 0 for c in cells)
+    res = result_of(eval_cli, "eval_ok")
+    for key in ("sa", "ra", "ra_e", "ra_r", "route_same_whole", "route_same_experts", "route_same_router"):
+        assert 0 <= res[key] <= 100, key
+    assert res["n"] == 60 and res["steps"] == 5 and res["eps"] == data.dataset_info("digits").eps
+    survivors = [all(res["correct"][t][i] for t in ("whole", "experts", "router")) for i in range(60)]
+    worst = 100 * sum(survivors) / 60  # the per-point worst case: at most the smallest column, often below
+    assert worst <= min(res["ra"], res["ra_e"], res["ra_r"])
+    assert f"RA (worst): {worst:.2f} % of 60 points" in proc.stdout
+    assert res["ra"] <= res["sa"]
+    assert float(cells[0]) == pytest.approx(res["sa"], abs=0.006)
+
+
+def test_eval_cli_on_jtdmoe_checkpoint_gives_a_dual_row(eval_cli):
+    succeeded(eval_cli.procs, "eval_jtd")
+    result = result_of(eval_cli, "eval_jtd")
+    assert result["kind"] == "jtdmoe" and result["n"] == 40
+    (row,) = result["rows"]
+    assert row["alpha"] == 0.7
+    for key in ("sa", "ra", "ra_rmoe", "ra_smoe"):
+        assert 0 <= row[key] <= 100 and (row[key] * 40 / 100) == pytest.approx(round(row[key] * 40 / 100))
+    assert (eval_cli.tmp / "eval_jtd" / "eval_pgd.md").exists()
+
+
+def test_eval_cli_pretrained_pair_at_alpha_one_is_the_robust_moe(eval_cli):
+    succeeded(eval_cli.procs, "eval_pair")
+    succeeded(eval_cli.procs, "eval_rob")
+    pair, rob = result_of(eval_cli, "eval_pair"), result_of(eval_cli, "eval_rob")
+    assert pair["kind"] == "pretrained" and [r["alpha"] for r in pair["rows"]] == [0.5, 1.0]
+    assert pair["n"] == rob["n"] == 40
+    at_one = pair["rows"][1]
+    assert at_one["sa"] == rob["sa"], (at_one["sa"], rob["sa"])
+
+
+BAD_EVAL_WORDS = {**{name: words for name, (_, words) in BAD_EVAL.items()}, "bad_eval_alpha": ["alpha", "0.4"]}
+
+
+@pytest.mark.parametrize("name", list(BAD_EVAL_WORDS))
+def test_bad_input_gives_one_line_error(eval_cli, name):
+    assert_refused(eval_cli.procs[name].result(), BAD_EVAL_WORDS[name])
+    assert not list((eval_cli.tmp / name).glob("*.json")), "a refused evaluation wrote a result"
+
+
+# ----------------------------------------------------------------------------- per-point outcomes and RA (worst)
+
+def test_per_point_outcomes_equal_a_hand_computation_and_combine_into_the_worst_case(runs, tmp_path, capsys):
+    ckpt, out = str(runs / "st" / "ckpt.pt"), tmp_path / "points"
+    small = ["--ckpt", ckpt, "--n", "40", "--steps", "3", "--out", str(out)]
+    ev.main([*small, "--attack", "pgd"])
+    after_pgd = capsys.readouterr().out
+    ev.main([*small, "--attack", "adaptive"])  # a second call: its outcomes join the first's
+    after_both = capsys.readouterr().out
+    pgd, adaptive = (json.loads((out / f"eval_{a}.json").read_text()) for a in ("pgd", "adaptive"))
+    model, _ = tc.model_from_checkpoint(ckpt)
+    _, test = data.load_dataset("digits")
+    x, y = data.test_subset(test, 40)
+    assert pgd["index"] == adaptive["index"] == data.subset_index(len(test), 40).tolist()
+    by_hand = {}
+    for attack, targets in (("pgd", ("whole", "experts", "router")), ("adaptive", ("whole",))):
+        torch.manual_seed(0)  # eval.py seeds each attack alike
+        for target in targets:
+            correct, _ = attacks.evaluate_attack(model, x, y, target, attack, 0.15, 0.0375, 3)
+            by_hand[attack, target] = correct.int().tolist()
+            assert (pgd if attack == "pgd" else adaptive)["correct"][target] == by_hand[attack, target]
+    survivors = [all(bits[i] for bits in by_hand.values()) for i in range(40)]
+    worst = 100 * sum(survivors) / 40
+    assert f"RA (worst): {worst:.2f} % of 40 points" in after_both
+    assert "adaptive:whole, pgd:whole, pgd:experts, pgd:router" in after_both
+    assert "adaptive" not in after_pgd
+    for bits in by_hand.values():
+        assert worst <= 100 * sum(bits) / 40
+
+
+def test_autoattack_points_lie_inside_the_pgd_points():
+    total = 360
+    assert set(data.subset_index(total, 100).tolist()) <= set(data.subset_index(total, 300).tolist())
+    assert data.subset_index(total, 0).tolist() == list(range(total))
