@@ -266,3 +266,47 @@ def test_autoattack_on_component_targets_stays_in_the_ball(target, st_ckpt, monk
     correct, same = attacks.evaluate_attack(model, x, y, target, "aa", eps)
     assert correct.shape == same.shape == (8,)
     assert not (correct & ~attacks.clean_correct(model, x, y)).any()
+
+
+# ----------------------------------------------------------------------------- the adaptive attack on hard routing
+
+@pytest.mark.parametrize("topk", [1, 2])
+def test_adaptive_attack_stays_in_ball_and_box_and_restores_mode(topk):
+    model = tiny_moe(topk).train()
+    x, y = batch(24)
+    x_adv = attacks.adaptive_attack(model, x, y, 0.1, 0.025, 5)
+    assert_in_ball_and_box(x_adv, x, 0.1)
+    assert all_training(model)
+
+
+def test_adaptive_attack_keeps_every_break_of_its_margin_pgd_and_only_reports_real_breaks():
+    model = tiny_moe(1).eval()
+    x, y = batch(48)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point starts correct, so every break is the attack's
+    torch.manual_seed(0)
+    margin_pgd = attacks.pgd(model, x, y, 0.05, 0.0125, 5,
+                             loss_fn=lambda logits, t: attacks.margin(logits, t).sum(), model=model)
+    torch.manual_seed(0)
+    x_adv = attacks.adaptive_attack(model, x, y, 0.05, 0.0125, 5)
+    with torch.no_grad():
+        after_pgd, after_adaptive = model(margin_pgd).argmax(1) == y, model(x_adv).argmax(1) == y
+    assert not (after_adaptive & ~after_pgd).any()  # a point the margin PGD broke stays broken
+    assert after_adaptive.sum() < after_pgd.sum()  # and the routed expert attacks break more
+
+
+def test_margin_is_positive_exactly_where_the_row_is_wrong():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.5, 2.0, 1.0], [1.0, 1.0, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    assert attacks.margin(logits, y).tolist() == [-2.0, 1.5, 0.0]
+
+
+def test_adaptive_attack_is_not_weaker_than_pgd_on_a_trained_moe(st_ckpt):
+    model = trained_st(st_ckpt)
+    x, y = digits_test(AA_N)
+    torch.manual_seed(0)
+    pgd_correct, _ = attacks.evaluate_attack(model, x, y, "whole", "pgd", 0.15, 0.0375, 20)
+    adaptive_correct, _ = attacks.evaluate_attack(model, x, y, "whole", "adaptive", 0.15, 0.0375, 20)
+    assert adaptive_correct.sum() <= pgd_correct.sum()
+    with pytest.raises(ValueError, match="adaptive on whole"):
+        attacks.evaluate_attack(model, x, y, "experts", "adaptive", 0.15, 0.0375, 2)
