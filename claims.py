@@ -3,11 +3,14 @@
 Each claim says "A - B > 0" for two measures A and B: (run, target, alpha), target `clean` for SA, or a constant
 in percent. Per seed, A and B are compared on the test points both were evaluated on (paired), and a bootstrap
 over seeds and points gives the 95 % interval of the difference: holds / contradicted / undecided (outcomes.py).
-  python claims.py runs/digits [--out runs/digits/results/claims.md]
+Also attacks.md: PGD-50, AutoAttack and the adaptive attack compared point by point on each single MoE.
+  python claims.py runs/digits [--out runs/digits/results]
 """
 import argparse
 import os
 import re
+
+import numpy as np
 
 from outcomes import CLEAN, outcomes, paired_bootstrap, verdict, worst_case
 
@@ -88,20 +91,76 @@ def claims_table(runs: dict) -> tuple:
     return rows, records
 
 
+def mean_std(values) -> str:
+    """One seed's number, or mean ± sample std over seeds."""
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return "n/a"
+    return f"{values[0]:.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def attack_table(runs: dict) -> list:
+    """Per single MoE with AutoAttack and adaptive results: how the attacks compare, point by point, on AA's points."""
+    rows = []
+    for run in sorted({re.sub(r"-seed\d+$", "", name) for name in runs}):
+        per_seed = []
+        for record in seeds_of(runs, run).values():
+            got = {a: measure(record, a, "whole") for a in ("pgd", "aa", "adaptive")}
+            if not all(got.values()):
+                continue
+            on_aa = sorted(got["aa"])
+            survived = {a: [got[a][i] for i in on_aa] for a in got}
+            worst = measure(record, "worst", "whole")
+            per_seed.append([100 * np.mean(list(got["pgd"].values())), 100 * np.mean(survived["pgd"]),
+                             100 * np.mean(survived["aa"]), 100 * np.mean(survived["adaptive"]),
+                             100 * np.mean(list(got["adaptive"].values())),
+                             sum(a and not b for a, b in zip(survived["adaptive"], survived["aa"])),
+                             sum(b and not a for a, b in zip(survived["adaptive"], survived["aa"])),
+                             100 * np.mean(list(worst.values())), len(on_aa)])
+        if per_seed:
+            cols = list(zip(*per_seed))
+            rows.append([f"`{run}`"] + [mean_std(c) for c in cols[:5]] + [str(sum(cols[5])), str(sum(cols[6]))]
+                        + [mean_std(cols[7]), f"{len(per_seed)} x {cols[8][0]}"])
+    return rows
+
+
+def write(runs: dict, out: str) -> None:
+    """claims.md and attacks.md of a preset's runs into the results folder out."""
+    from checkpoint import atomic_write
+    from cli import markdown_table
+    rows, _ = claims_table(runs)
+    atomic_write(os.path.join(out, "claims.md"), markdown_table(
+        ["claim", "attack", "A", "B", "A - B (pp)", "95 % CI", "seeds x points", "verdict"], rows))
+    atomic_write(os.path.join(out, "attacks.md"), markdown_table(
+        ["run", "PGD-50 RA (all)", "PGD-50 RA (AA points)", "AutoAttack RA", "adaptive RA (AA points)",
+         "adaptive RA (all)", "points AA breaks, adaptive not", "points adaptive breaks, AA not",
+         "RA (worst, every attack)", "seeds x AA points"], attack_table(runs)))
+
+
+def compact(runs: dict) -> dict:
+    """A copy of the runs whose per-point outcomes are strings of 0/1 (results.json stays small)."""
+    def squeeze(value, key=None):
+        if key == "correct" and isinstance(value, dict):
+            return {t: "".join(str(int(b)) for b in bits) for t, bits in value.items()}
+        if isinstance(value, dict):
+            return {k: squeeze(v, k) for k, v in value.items()}
+        if key == "index" and isinstance(value, list):
+            return ",".join(map(str, value))
+        return [squeeze(v) for v in value] if isinstance(value, list) else value
+    return squeeze(runs)
+
+
 def main(argv=None):
     import report  # the runs are read the way the tables read them
-    from checkpoint import atomic_write
-    from cli import ArgumentParser, markdown_table
+    from cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", help="runs folder of a preset (e.g. runs/digits)")
-    p.add_argument("--out", default=None, help="claims.md path (default <runs>/results/claims.md)")
+    p.add_argument("--out", default=None, help="results folder (default <runs>/results)")
     args = p.parse_args(argv)
-    rows, _ = claims_table(report.load_runs(args.runs, []))
-    out = args.out or os.path.join(args.runs, "results", "claims.md")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    atomic_write(out, markdown_table(["claim", "attack", "A", "B", "A - B (pp)", "95 % CI", "seeds x points",
-                                      "verdict"], rows))
-    print(f"wrote {out}")
+    out = args.out or os.path.join(args.runs, "results")
+    os.makedirs(out, exist_ok=True)
+    write(report.load_runs(args.runs, []), out)
+    print(f"wrote {out}/claims.md and attacks.md")
 
 
 if __name__ == "__main__":

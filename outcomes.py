@@ -18,7 +18,9 @@ def outcomes(ev: dict, alpha: float = None) -> dict:
     source = ev
     if "rows" in ev:
         source = next((r for r in ev["rows"] if alpha is not None and abs(r.get("alpha", -1) - alpha) < 1e-6), {})
-    return {target: dict(zip(ev["index"], map(bool, bits))) for target, bits in source.get("correct", {}).items()}
+    index = ev["index"] if isinstance(ev["index"], list) else [int(i) for i in ev["index"].split(",")]
+    return {target: dict(zip(index, (b in (1, True, "1") for b in bits)))  # bits: a list, or results.json's string
+            for target, bits in source.get("correct", {}).items()}
 
 
 def worst_case(evals: list, alpha: float = None) -> tuple:

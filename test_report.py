@@ -52,13 +52,16 @@ def test_committed_digits_tables_come_back_from_their_runs(tmp_path):
         expected = expected.replace("from dual_pgd.json", "from eval_pgd.json")
         assert (out / f"table{k}.md").read_text() == expected, f"table{k}.md differs from results/digits"
     made = json.loads((out / "results.json").read_text())
-    assert made["tables"] == committed["tables"] and made["figures"] == committed["figures"]
+    assert made["tables"] == committed["tables"] and made["figures"]["routing"] == committed["figures"]["routing"]
     assert made["paper"] == committed["paper"] and made["problems"] == []
 
 
-def single_eval(attack, sa, ra, ra_e, ra_r):
-    return {"attack": attack, "eps": 0.15, "step_size": 0.0375, "steps": 50, "n": 360, "sa": sa, "ra": ra,
-            "ra_e": ra_e, "ra_r": ra_r}
+def single_eval(attack, sa, ra, ra_e, ra_r, n=400):
+    """An evaluation whose per-point outcomes are nested prefixes, so RA (worst) = min(RA, RA-E, RA-R)."""
+    bits = {key: [int(i < round(value * n / 100)) for i in range(n)]
+            for key, value in (("clean", sa), ("whole", ra), ("experts", ra_e), ("router", ra_r))}
+    return {"attack": attack, "eps": 0.15, "step_size": 0.0375, "steps": 50, "n": n, "sa": sa, "ra": ra,
+            "ra_e": ra_e, "ra_r": ra_r, "index": list(range(n)), "correct": bits}
 
 
 def dual_eval(attack, sa, ra, margin_rob):
@@ -129,7 +132,10 @@ def test_results_go_inside_the_runs_folder_by_default(tmp_path):
         report.main(["digits", "--runs", str(runs)])
         blob = json.loads((runs / "results" / "results.json").read_text())
         assert list(blob["runs"]) == ["st"]
-    assert "| PGD | 94.00 | 14.00 | 15.00 | 56.00 | 14.00 |" in (runs / "results" / "table1.md").read_text()
+    table1 = (runs / "results" / "table1.md").read_text()
+    assert "| PGD | 94.00 | 14.00 | 15.00 | 56.00 | 14.00 |" in table1
+    assert "RA (worst) of `st`: share of the 400 test points" in table1 and "pgd:whole, pgd:experts" in table1
+    assert (runs / "results" / "claims.md").exists() and (runs / "results" / "attacks.md").exists()
 
 
 def test_readme_shows_the_committed_digits_results():
