@@ -17,8 +17,10 @@ from outcomes import CLEAN, outcomes, paired_bootstrap, verdict, worst_case
 PGD_AND_WORST = ("pgd", "worst")
 # (claim, attacks it is judged under, A, B): the paper says A - B > 0
 CLAIMS = [
-    ("Experts are more vulnerable than the router (ST MoE: RA-R > RA-E)", ("pgd",), ("st", "router"), ("st", "experts")),
-    ("Experts are more vulnerable than the router (AT MoE: RA-R > RA-E)", ("pgd",), ("at", "router"), ("at", "experts")),
+    ("Experts are more vulnerable than the router (ST MoE: RA-R > RA-E)", ("pgd",),
+     ("st", "router"), ("st", "experts")),
+    ("Experts are more vulnerable than the router (AT MoE: RA-R > RA-E)", ("pgd",),
+     ("at", "router"), ("at", "experts")),
     ("RT-ER beats AT in RA", PGD_AND_WORST, ("rter", "whole"), ("at", "whole")),
     ("RT-ER beats AT in RA-E", ("pgd",), ("rter", "experts"), ("at", "experts")),
     ("RT-ER beats TRADES in RA", PGD_AND_WORST, ("rter", "whole"), ("trades", "whole")),

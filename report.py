@@ -14,42 +14,8 @@ from collections import namedtuple
 
 import claims
 from cli import markdown_table
+from paper import PAPER
 from outcomes import accuracy, worst_case
-
-# The paper's numbers, beside ours on its presets: Zhang, Xu, Hu, Wang, "Optimizing Robustness and Accuracy in Mixture
-# of Experts: A Dual-Model Approach", ICML 2025. Rows: (SA, RA, RA-E, RA-R) for single MoEs, (SA, RA, RA-RMoE,
-# RA-SMoE) for dual models, in %.
-PAPER = {
-    "table1": {"cifar10": {"pgd": (92.14, 52.54, 3.11, 54.67), "aa": (92.14, 14.25, 2.95, 55.2)},  # ST, PGD-50 and AA
-               "tinyimagenet": {"pgd": (82.05, 34.53, 29.21, 59.0), "aa": (82.05, 14.24, 26.11, 58.95)}},
-    "table2": {"cifar10": {"at": (79.08, 53.74, 73.85, 78.91), "rter": (77.81, 69.09, 75.71, 72.28),  # top-1, top-2
-                           "at_top2": (79.20, 54.65, 74.66, 76.09), "rter_top2": (78.78, 70.05, 76.2, 72.35)}},
-    "table3": {  # single MoEs; dual models (pre-trained at alpha 0.7 / 0.8 / 0.9, JTDMoE at 0.7); PGD
-        "cifar10": {"st": (92.14, 52.54, 3.11, 54.67), "at": (79.08, 53.74, 73.85, 78.91),
-                    "rter": (77.81, 69.09, 75.71, 72.28), "dual_0.7": (89.81, 67.81, 79.47, 52.93),
-                    "dual_0.8": (87.58, 68.27, 77.25, 54.99), "dual_0.9": (83.27, 70.73, 75.03, 60.87),
-                    "jtdmoe_0.7": (92.29, 74.62, 85.42, 68.73)},
-        "tinyimagenet": {"st": (82.05, 34.53, 29.21, 59.00), "at": (70.77, 50.94, 42.09, 83.81),
-                         "rter": (68.51, 56.79, 46.32, 81.26), "dual_0.7": (80.74, 53.11, 68.92, 47.39),
-                         "dual_0.8": (77.89, 55.27, 65.94, 55.16), "dual_0.9": (74.2, 56.58, 61.95, 62.80),
-                         "jtdmoe_0.7": (84.91, 57.39, 69.58, 53.32)}},
-    "table4": {"cifar10": {"pretrained": (89.81, 33.64, 34.20, 14.34), "jtdmoe": (92.29, 54.55, 51.13, 45.55)},  # AA
-               "tinyimagenet": {"pretrained": (80.74, 51.27, 56.25, 26.88), "jtdmoe": (84.91, 52.91, 60.98, 28.82)}},
-    "table5": {"cifar10": {"airplane": 5.11, "automobile": 3.49, "bird": 7.5, "cat": 5.55, "deer": 10.27,  # margin
-                           "dog": 14.42, "frog": 6.46, "horse": 4.03, "ship": 1.25, "truck": 4.58}},
-    "table6": {"cifar10": {"st": (92.14, 46.02, 3.11, 54.67), "at": (79.08, 51.03, 73.85, 78.91),  # smooth attack
-                           "rter": (77.81, 68.96, 75.71, 72.28)}},
-    "table7": {"cifar10": {"pgd": {"trades": (83.81, 52.54, 72.72, 76.63), "advmoe": (76.83, 58.67, 73.79, 74.03),
-                                   "rter": (77.81, 69.09, 75.71, 72.28)},
-                           "aa": {"trades": (83.81, 38.90, 54.72, 56.84), "advmoe": (76.83, 44.17, 54.62, 55.06),
-                                  "rter": (75.92, 54.36, 57.86, 54.84)}}},
-    "table8": {"cifar10": {"rter_e3": (75.85, 69.03, 74.79, 72.42), "rter": (77.81, 69.09, 75.71, 72.28),  # E experts
-                           "rter_e5": (79.77, 70.00, 76.51, 71.86)}},
-    "table9": {"cifar10": {"rter_b1": (81.68, 64.13, 68.67, 69.64), "rter_b3": (79.91, 65.92, 70.75, 72.05),  # beta
-                           "rter": (77.81, 69.09, 75.71, 72.28), "rter_b9": (10.0, 10.0, 10.0, 10.0)}},
-    "table10": {"imagenet": {"at": (60.32, 44.64, 43.06, 70.24), "trades": (61.94, 45.54, 43.75, 70.37),  # ViT experts
-                             "rter": (68.38, 56.16, 44.99, 70.82)}},
-}
 
 PAPER_NAME = {"cifar10": "CIFAR-10", "tinyimagenet": "TinyImageNet", "imagenet": "ImageNet"}
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "tinyimagenet": 200, "imagenet": 1000}
@@ -268,7 +234,8 @@ class Report:
         has = {a: all((self.evaluation(r, a, alpha) or {}).get("margin_rob") for r in runs) for a in ("pgd", "aa")}
         attack = "aa" if has["aa"] and not has["pgd"] else "pgd"
         pairs = [[self.evaluation(r + f[len(runs[0]):], attack, alpha) for r in runs] for f in folders]  # by seed
-        lengths = [len(ev["margin_rob"]) for pair in pairs for ev in pair if isinstance((ev or {}).get("margin_rob"), list)]
+        lengths = [len(ev["margin_rob"]) for pair in pairs for ev in pair
+                   if isinstance((ev or {}).get("margin_rob"), list)]
         count = max(lengths + [self.num_classes if self.preset in ("digits", "cifar10") else 0])  # named: every class
         names, paper = CLASS_NAMES.get(self.preset, [str(i) for i in range(count)]), self.paper(table, spec, ()) or {}
         by_class, rows, records = [[class_margins(*pair, c) for pair in pairs] for c in range(count)], [], []
@@ -324,8 +291,8 @@ TABLES = {
     "table1": dict(title="robustness of the MoE components of a standard-trained (ST) MoE", lead=["attack"],
                    rows=[Row("PGD", "st", "pgd"), Row("AutoAttack", "st", "aa", "aa")],
         notes=["RA attacks the whole MoE, RA-E the experts (routing frozen at clean x), RA-R the router (experts "
-               "frozen at clean x); accuracy is always that of the full MoE at x_adv. RA (worst): the points that survive "
-               "every attack run on the model (its paper cell: the smallest of the paper's RA columns); "
+               "frozen at clean x); accuracy is always that of the full MoE at x_adv. RA (worst): the points that "
+               "survive every attack run on the model (its paper cell: the smallest of the paper's RA columns); "
                "same top-1 % = share of points routed to the same top-1 expert at x_adv as at x (the paper reports 98 "
                "% under expert attacks)."]),
     "table2": dict(title="AT vs RT-ER under PGD, top-1 and top-2 routing", lead=["routing", "method"],
