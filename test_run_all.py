@@ -103,13 +103,17 @@ def test_quick_digits_end_to_end_then_everything_reused(quick):
     # every table found its numbers (no run of the quick pipeline is missing)
     assert "n/a" not in tables[1].decode() and "n/a" not in tables[4].decode()
     assert "AutoAttack quick" in tables[1].decode()  # the cut-down AutoAttack is labelled as such
-    evals = {"st": "pgd aa smooth", "rter": "pgd aa smooth", "at": "pgd smooth", "dual_pretrained": "pgd aa",
-             "jtdmoe_a0.7": "pgd aa", "trades": "pgd aa", "advmoe": "pgd aa"}
+    evals = {"st": "pgd aa smooth adaptive", "rter": "pgd aa smooth adaptive", "at": "pgd aa smooth adaptive",
+             "dual_pretrained": "pgd aa", "jtdmoe_a0.7": "pgd aa", "trades": "pgd aa adaptive",
+             "advmoe": "pgd aa adaptive"}
     for run in RUNS:
-        wanted = evals.get(run, "" if run.startswith("jtdmoe") else "pgd").split()
+        wanted = evals.get(run, "" if run.startswith("jtdmoe") else "pgd adaptive").split()
         assert sorted(glob.glob(str(runs / run / "eval_*.json"))) == sorted(
             str(runs / run / f"eval_{a}.json") for a in wanted), run
         assert (runs / run / "train.done").is_file() == (run != "dual_pretrained"), run
+    claims_md, attacks_md = ((results / name).read_text() for name in ("claims.md", "attacks.md"))
+    assert claims_md.startswith("| claim |") and "| RT-ER beats AT in RA | worst case |" in claims_md
+    assert all(f"| `{run}` |" in attacks_md for run in ("st", "at", "rter", "trades", "advmoe"))
     aa = json.loads((runs / "st" / "eval_aa.json").read_text())
     assert aa["aa_version"] == "quick: APGD-CE only, 10 iterations" and aa["n"] == 20
     assert json.loads((runs / "st" / "eval_pgd.json").read_text())["n"] == 40
@@ -118,7 +122,7 @@ def test_quick_digits_end_to_end_then_everything_reused(quick):
 
     # second run: nothing trained or evaluated again, not a file rewritten, identical tables
     before = outputs(runs)
-    assert len(before) == 16 * 2 + 23
+    assert len(before) == 16 * 2 + 36  # every trained run's checkpoint and marker, every evaluation's JSON
     second, took2 = run_all(QUICK, env, tmp_path)
     assert second.returncode == 0, show(second)
     print(f"second quick run: {took2:.1f}s")
