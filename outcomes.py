@@ -37,7 +37,7 @@ def worst_case(evals: list, alpha: float = None) -> tuple:
             covered.append(f"{ev.get('attack', '?')}:{target}")
             survived = dict(points) if survived is None else {
                 i: ok and points[i] for i, ok in survived.items() if i in points}
-    return covered, (survived or {})
+    return sorted(covered), (survived or {})
 
 
 def accuracy(points: dict) -> float:

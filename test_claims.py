@@ -16,7 +16,7 @@ def test_worst_case_is_the_points_that_survive_every_attack_on_the_points_all_sh
     pgd = evaluation("pgd", [0, 1, 2, 3, 4], clean=[1, 1, 1, 1, 0], whole=[1, 1, 0, 1, 0], experts=[1, 0, 1, 1, 0])
     aa = evaluation("aa", [1, 3, 4], clean=[1, 1, 0], whole=[1, 0, 0])
     covered, survived = worst_case([pgd, aa])
-    assert covered == ["pgd:whole", "pgd:experts", "aa:whole"]
+    assert covered == ["aa:whole", "pgd:experts", "pgd:whole"]
     assert survived == {1: False, 3: False, 4: False}  # 1: experts broke it; 3: AutoAttack; 4: wrong already
     covered, survived = worst_case([pgd])
     assert survived == {0: True, 1: False, 2: False, 3: True, 4: False}
