@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from outcomes import CLEAN, outcomes, paired_bootstrap, verdict, worst_case
+from outcomes import CLEAN, EVAL_NAME, outcomes, paired_bootstrap, verdict, worst_case
 
 PGD_AND_WORST = ("pgd", "worst")
 # (claim, attacks it is judged under, A, B): the paper says A - B > 0
@@ -55,7 +55,7 @@ def measure(record: dict, attack: str, target: str, alpha: float = None) -> dict
     evals = record.get("evals", {})
     if attack == "worst":
         return worst_case(list(evals.values()), alpha)[1] if target != CLEAN else {}
-    return outcomes(evals.get(f"eval_{attack}"), alpha).get(target, {})
+    return outcomes(evals.get(EVAL_NAME.format(attack)), alpha).get(target, {})
 
 
 def judge(runs: dict, attack: str, a, b) -> dict:

@@ -23,7 +23,7 @@ import checkpoint
 import cli
 from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack
 from moe import DualMoE, check_alpha
-from outcomes import accuracy, worst_case
+from outcomes import EVAL_NAME, accuracy, worst_case
 
 SINGLE_TARGETS = {"pgd": ("whole", "experts", "router"), "aa": ("whole", "experts", "router"),
                   "smooth": ("smooth", "experts", "router"), "adaptive": ("whole",)}
@@ -37,7 +37,7 @@ AA_VERSION_NOTE = {"quick": "quick: APGD-CE only, 10 iterations"}
 
 def result_name(attack: str) -> str:
     """The file name (no extension) of one attack's results: run_all's Makefile expects the same."""
-    return f"eval_{attack}"
+    return EVAL_NAME.format(attack)
 
 
 def comma_list(item):

@@ -9,6 +9,7 @@ model was still right at the attacked point ("correct": {"clean": [...], "whole"
 import numpy as np
 
 CLEAN = "clean"
+EVAL_NAME = "eval_{}"  # eval.py's file of one attack, RUN/eval_<attack>.json: the one place it is named
 
 
 def outcomes(ev: dict, alpha: float = None) -> dict:

@@ -15,7 +15,7 @@ from collections import namedtuple
 import claims
 from cli import markdown_table
 from paper import PAPER
-from outcomes import accuracy, worst_case
+from outcomes import EVAL_NAME, accuracy, worst_case
 
 PAPER_NAME = {"cifar10": "CIFAR-10", "tinyimagenet": "TinyImageNet", "imagenet": "ImageNet"}
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "tinyimagenet": 200, "imagenet": 1000}
@@ -27,7 +27,6 @@ ROUTE = (("same top-1 % (whole)", "route_same_whole"), ("same top-1 % (smooth)",
 MARGINS = (("margin_rob_pretrained", 100), ("margin_rob_jtdmoe", 100), ("improvement_pp", 1), ("relative_pct", 1),
            ("margin_dual_improvement_pp", 1))  # Table 5's numbers of a class, and their scale in the table
 NA = "n/a"
-EVAL_NAME = "eval_{}"  # eval.py writes RUNS/<run>/eval_<attack>.json, single or dual model: the one place it is named
 SEED_FOLDER = re.compile(r"^(.+)-seed(\d+)$")  # run_all.sh --seeds N trains seed k >= 1 of run R in folder R-seed<k>
 
 def read(path, problems, parse=json.load):  # None when the file is missing or unreadable (then said in problems)
