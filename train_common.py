@@ -23,7 +23,7 @@ import data
 from attacks import clean_correct, evaluate_attack
 from checkpoint import (atomic_save, atomic_write, build_model_from_args, load_checkpoint, load_weights,  # noqa: F401
                         log_csv, model_from_checkpoint, read_log, rng_state, set_rng_state)
-from cli import ArgumentParser, Divergence, markdown_table, number, pick_device, run_main as cli  # noqa: F401
+from cli import ArgumentParser, Divergence, number, pick_device, run_main as cli  # noqa: F401
 from moe import ARCHS, MoE, check_routing
 
 # per dataset: what a flag left unset becomes. digits balances harder: at 0.01 every digits router
