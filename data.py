@@ -1,4 +1,5 @@
-"""Datasets and loaders: digits (offline), cifar10, tinyimagenet, imagenet. Images come out as pixels in [0, 1].
+"""Datasets and loaders: digits (offline), cifar10, cifar100, tinyimagenet, imagenet.
+Images come out as pixels in [0, 1].
 
 Small datasets are held as uint8 tensors and augmented on the device (random crop with padding, flip);
 ImageNet goes through torchvision's ImageFolder and a DataLoader.
@@ -25,6 +26,7 @@ DATASETS = {
     # digits: mean / std of the fixed training split; no flip (a mirrored digit is another symbol).
     "digits": DatasetInfo(10, (1, 8, 8), (0.3054,), (0.3761,), 0.15, 1, False),
     "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 8 / 255, 4, True),
+    "cifar100": DatasetInfo(100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 8 / 255, 4, True),
     "tinyimagenet": DatasetInfo(200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 2 / 255, 8, True),
     "imagenet": DatasetInfo(1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 2 / 255, 0, True),
 }
@@ -67,21 +69,26 @@ def load_digits_split():
     return (ImageTensors(x[train_idx], y[train_idx], 16.0), ImageTensors(x[test_idx], y[test_idx], 16.0))
 
 
-def load_cifar10(data_dir: str, download: bool):
-    from torchvision.datasets import CIFAR10
-    where = os.path.join(data_dir, "cifar-10-batches-py")
+CIFAR = {"cifar10": ("CIFAR10", "CIFAR-10"), "cifar100": ("CIFAR100", "CIFAR-100")}  # torchvision class, name
+
+
+def load_cifar(name: str, data_dir: str, download: bool):
+    """CIFAR-10 or CIFAR-100 (fine labels) from the python version, through torchvision's class."""
+    from torchvision import datasets
+    cls, title = getattr(datasets, CIFAR[name][0]), CIFAR[name][1]
+    where = os.path.join(data_dir, cls.base_folder)
     if not download and not os.path.isdir(where):
         raise FileNotFoundError(
-            f"CIFAR-10 not found: looked for {where}; run with --download, or unpack the python version "
-            "of CIFAR-10 (cifar-10-python.tar.gz) into --data-dir")
+            f"{title} not found: looked for {where}; run with --download, or unpack the python version "
+            f"of {title} ({cls.filename}) into --data-dir")
     try:
-        splits = [CIFAR10(data_dir, train=train, download=download) for train in (True, False)]
+        splits = [cls(data_dir, train=train, download=download) for train in (True, False)]
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(f"CIFAR-10 in {where} is incomplete or corrupted ({exc}); "
+        raise FileNotFoundError(f"{title} in {where} is incomplete or corrupted ({exc}); "
                                 "delete it and run with --download") from None
     except OSError as exc:  # no network, refused connection, disk full
-        raise FileNotFoundError(f"could not download CIFAR-10 into {data_dir} ({exc}); "
-                                "fetch cifar-10-python.tar.gz by hand and unpack it there") from None
+        raise FileNotFoundError(f"could not download {title} into {data_dir} ({exc}); "
+                                f"fetch {cls.filename} by hand and unpack it there") from None
     return [ImageTensors(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(d.targets))
             for d in splits]
 
@@ -166,8 +173,8 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False):
     dataset_info(name)
     if name == "digits":
         return load_digits_split()
-    if name == "cifar10":
-        return load_cifar10(data_dir, download)
+    if name in CIFAR:
+        return load_cifar(name, data_dir, download)
     if name == "tinyimagenet":
         return load_tinyimagenet(data_dir, download)
     return load_imagenet(data_dir)

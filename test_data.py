@@ -1,4 +1,4 @@
-"""data.py: the digits split, the CIFAR-10 / TinyImageNet / ImageNet loaders on tiny files, TensorLoader."""
+"""data.py: the digits split, the CIFAR-10 / CIFAR-100 / TinyImageNet / ImageNet loaders on tiny files, TensorLoader."""
 import pickle
 from pathlib import Path
 
@@ -26,7 +26,7 @@ def test_digits_split():
     assert abs(px.mean().item() - info.mean[0]) < 0.01 and abs(px.std().item() - info.std[0]) < 0.01
 
 
-# ----------------------------------------------------------------------------- CIFAR-10, TinyImageNet, ImageNet
+# ----------------------------------------------------------------------------- CIFAR-10/100, TinyImageNet, ImageNet
 
 def write_cifar(root, per_batch=2, n_test=3):
     """The python version of CIFAR-10. The real files are Python 2 pickles whose keys load (latin1) as str,
@@ -69,10 +69,78 @@ def test_cifar10_loader_reads_python_batches(tmp_path, monkeypatch):
     assert px.dtype == torch.float32 and px.min() >= 0 and px.max() <= 1
 
 
+def write_cifar100(root, n_train=7, n_test=4):
+    """The python version of CIFAR-100: train, test and meta in cifar-100-python. As with CIFAR-10 the real
+    files are Python 2 pickles whose keys load (latin1) as str, so the keys here are str, not bytes."""
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    splits = {}
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n)
+        fine[0] = 99  # the top label must load as itself
+        blob = {"batch_label": f"{name} batch 1 of 1", "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),  # never equal to fine here
+                "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(blob, f, protocol=2)
+        splits[name] = blob
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
+                     "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f, protocol=2)
+    return splits
+
+
+def test_cifar100_loader_reads_python_files(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+    splits = write_cifar100(tmp_path)
+    # torchvision checks the md5 of train, test and meta against the real CIFAR-100; these cannot match
+    with pytest.raises(FileNotFoundError, match="CIFAR-100 .*corrupted"):
+        data.load_dataset("cifar100", str(tmp_path))
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    train, test = data.load_dataset("cifar100", str(tmp_path))
+    assert isinstance(train, data.ImageTensors) and isinstance(test, data.ImageTensors)
+    assert train.x.shape == (7, 3, 32, 32) and train.x.dtype == torch.uint8
+    assert test.x.shape == (4, 3, 32, 32) and test.x.dtype == torch.uint8
+    # the fine labels (100 classes), not the coarse ones
+    assert train.y.tolist() == splits["train"]["fine_labels"] and test.y.tolist() == splits["test"]["fine_labels"]
+    assert train.y.max() == 99 and test.y.max() < 100 and min(train.y.min(), test.y.min()) >= 0
+    first = torch.from_numpy(splits["train"]["data"][0]).view(3, 32, 32)
+    assert torch.equal(train.x[0], first)
+    last = torch.from_numpy(splits["test"]["data"][3]).view(3, 32, 32)
+    assert torch.equal(test.x[3], last)
+    for split in (train, test):
+        px = split.pixels(torch.arange(len(split)))
+        assert px.dtype == torch.float32 and px.min() >= 0 and px.max() <= 1
+    info = data.dataset_info("cifar100")
+    assert info.num_classes == 100 and info.shape == (3, 32, 32) and info.eps == 8 / 255
+    assert info.mean == (0.5071, 0.4865, 0.4409) and info.std == (0.2673, 0.2564, 0.2762)
+    c10 = data.dataset_info("cifar10")
+    assert (info.crop_pad, info.flip) == (c10.crop_pad, c10.flip)  # the same augmentation
+    xb, yb = next(iter(data.train_loader(train, info, 4, torch.device("cpu"), seed=0)))
+    assert xb.shape == (4, 3, 32, 32) and xb.min() >= 0 and xb.max() <= 1 and yb.max() < 100
+
+
+def test_cifar100_without_meta_is_corrupted(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+    write_cifar100(tmp_path)
+    (tmp_path / "cifar-100-python" / "meta").unlink()
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: Path(path).exists())
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("cifar100", str(tmp_path))
+    assert "corrupted" in str(err.value) and "--download" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_missing_datasets_say_where_they_looked(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         data.load_dataset("cifar10", str(tmp_path / "none"))
     assert str(tmp_path / "none") in str(err.value) and "--download" in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("cifar100", str(tmp_path / "none"))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("CIFAR-100 not found")
+    assert str(tmp_path / "none" / "cifar-100-python") in msg and "--download" in msg
+    assert "cifar-100-python.tar.gz" in msg
     with pytest.raises(FileNotFoundError, match="tiny-imagenet-200"):
         data.load_dataset("tinyimagenet", str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="ImageFolder"):
@@ -93,6 +161,8 @@ def test_download_without_network_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
     with pytest.raises(FileNotFoundError, match="could not download CIFAR-10"):
         data.load_dataset("cifar10", str(tmp_path), download=True)
+    with pytest.raises(FileNotFoundError, match="could not download CIFAR-100 .*cifar-100-python.tar.gz"):
+        data.load_dataset("cifar100", str(tmp_path), download=True)
     with pytest.raises(FileNotFoundError, match="could not download TinyImageNet"):
         data.load_dataset("tinyimagenet", str(tmp_path), download=True)
 
