@@ -1,0 +1,297 @@
+"""MoE-CNN (AdvMoE, ICCV 2023): convolutions whose output channels form E experts, one pathway per input.
+
+A routed convolution holds E groups of w = round(r * C) output channels (C: the dense layer's width, r: the model
+scale) over the previous layer's w selected channels. One router picks one expert per input for every layer, so an
+input runs a dense network of width r:
+    h_l = W_l[e(x)] * h_(l-1),   e(x) = argmax_i p_i(x),   p = softmax(R(x)),  R a small CNN.
+The router learns through the straight-through factor s = 1 + p_e - stopgrad(p_e) (1 in the forward pass) on each
+selected group. The stem convolution and the shortcuts are dense (shared by the experts), as in the AdvMoE code.
+E = 1 is the dense network of width r: AT (Dense) at r = 1, AT (S-Dense) at r < 1. AT (Sparse) is the full-width
+network with HYDRA-style structured masks keeping round(r * C) channels of every layer (`prune=r`).
+Stands alone (torch only), so it can be copied into another project.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# name: (stem width, dense widths of the stages, blocks per stage, pre-activation blocks, pooled size before the head)
+ARCH_CFGS = {
+    "moe_cnn": dict(stem=16, widths=(32, 64), blocks=(1, 1), preact=False, pool=2),  # digits-sized
+    "moe_resnet18": dict(stem=64, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), preact=False, pool=1),
+    "moe_wrn28_10": dict(stem=16, widths=(160, 320, 640), blocks=(4, 4, 4), preact=True, pool=1),
+}
+ARCHS = tuple(ARCH_CFGS)
+
+
+def width(channels: int, scale: float) -> int:
+    """Channels of one expert (or kept by a sparse mask) at model scale r: round(r * C), at least 1."""
+    return max(1, int(round(channels * scale)))
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, kept as buffers so checkpoints carry them."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Route(NamedTuple):
+    """Where each row of a batch goes. counts: rows per expert of a batch sorted by expert (None: masked reference,
+    rows in their own order); idx: expert of each row; ste: (B, 1, 1, 1) straight-through factor."""
+    counts: Optional[list]
+    idx: torch.Tensor
+    ste: torch.Tensor
+
+
+class RoutedConv(nn.Module):
+    """E experts of w output channels each, on a compact input of c_in channels: row b computes W[e_b] * x_b only."""
+
+    def __init__(self, c_in: int, w: int, experts: int, kernel: int = 3, stride: int = 1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(experts, w, c_in, kernel, kernel))
+        for expert in self.weight.data:
+            nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
+        self.stride, self.padding = stride, kernel // 2
+
+    def conv(self, x, weight):
+        return F.conv2d(x, weight, None, self.stride, self.padding)
+
+    def forward(self, x, route: Optional[Route]):
+        experts, w = self.weight.shape[:2]
+        if route is None:  # one expert: a plain convolution
+            return self.conv(x, self.weight[0])
+        if route.counts is None:  # masked reference: every expert on every row, then each row's group
+            out = self.conv(x, self.weight.flatten(0, 1)).unflatten(1, (experts, w))
+            out = out[torch.arange(len(x), device=x.device), route.idx]
+        else:
+            out = torch.cat([self.conv(rows, self.weight[e]) for e, rows in enumerate(x.split(route.counts))
+                             if len(rows)])
+        return out * route.ste.to(out.dtype)
+
+
+class ChannelMask(nn.Module):
+    """HYDRA-style structured mask: keeps the round(keep * C) channels of largest |score|; the gradient of the 0/1
+    mask goes straight through to the scores (mask learning). Fine-tuning freezes the scores, and with them the mask."""
+
+    def __init__(self, channels: int, keep: float):
+        super().__init__()
+        self.scores = nn.Parameter(1 + 0.01 * torch.randn(channels))
+        self.kept = width(channels, keep)
+
+    def kept_index(self) -> torch.Tensor:
+        return self.scores.detach().abs().topk(self.kept).indices.sort().values
+
+    def forward(self, x):
+        magnitude = self.scores.abs()
+        hard = torch.zeros_like(magnitude).index_fill(0, self.kept_index(), 1.0)
+        return x * (hard + magnitude - magnitude.detach()).view(1, -1, 1, 1).to(x.dtype)
+
+
+def keep_all(x):
+    return x
+
+
+class Block(nn.Module):
+    """A ResNet basic block (post-activation) or a WRN block (pre-activation) of routed convolutions and a dense
+    shortcut. Sparse masks: `inner` on the block's middle channels, `stream` (shared by a stage) on what it adds."""
+
+    def __init__(self, c_in: int, w: int, stride: int, experts: int, preact: bool, shortcut: bool):
+        super().__init__()
+        self.preact = preact
+        self.conv1 = RoutedConv(c_in, w, experts, 3, stride)
+        self.bn1 = nn.BatchNorm2d(c_in if preact else w)
+        self.conv2 = RoutedConv(w, w, experts, 3, 1)
+        self.bn2 = nn.BatchNorm2d(w)
+        self.shortcut = None
+        if shortcut:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, w, 1, stride, bias=False),
+                                          *([] if preact else [nn.BatchNorm2d(w)]))
+        self.inner = None  # set by MoECNN when pruned
+
+    def forward(self, x, route, stream=keep_all, stream_in=keep_all):
+        inner = self.inner or keep_all
+        if self.preact:  # WRN: BN-ReLU before each convolution, the shortcut on the activated input
+            a = stream_in(F.relu(self.bn1(x)))
+            out = inner(F.relu(self.bn2(self.conv1(a, route))))
+            out = stream(self.conv2(out, route))
+            return out + (stream(self.shortcut(a)) if self.shortcut is not None else x)
+        out = F.relu(inner(self.bn1(self.conv1(x, route))))
+        out = stream(self.bn2(self.conv2(out, route)))
+        return F.relu(out + (stream(self.shortcut(x)) if self.shortcut is not None else x))
+
+
+class Router(nn.Module):
+    """The expert scores R(x): two small convolutions, global pooling, a linear layer."""
+
+    def __init__(self, in_chans: int, experts: int, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_chans, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+            nn.Conv2d(hidden, 2 * hidden, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * hidden), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * hidden, experts))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class MoECNN(nn.Module):
+    """F(x) = the pathway of expert e(x) through every routed layer (see the module docstring)."""
+
+    def __init__(self, arch: str, experts: int, scale: float, num_classes: int, in_shape, mean=None, std=None,
+                 prune: Optional[float] = None):
+        super().__init__()
+        if arch not in ARCH_CFGS:
+            raise ValueError(f"unknown MoE-CNN arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        if experts < 1:
+            raise ValueError(f"an MoE-CNN needs at least 1 expert, got {experts}")
+        if not 0 < scale <= 1:
+            raise ValueError(f"the model scale r must be in (0, 1], got {scale}")
+        if prune is not None and (experts != 1 or scale != 1 or not 0 < prune <= 1):
+            raise ValueError("a sparse (pruned) network is the dense full-width one: experts 1, scale 1, "
+                             f"keep in (0, 1]; got experts {experts}, scale {scale}, keep {prune}")
+        cfg, (channels, size, _) = ARCH_CFGS[arch], in_shape
+        self.arch, self.num_experts, self.scale, self.prune, self.topk = arch, experts, scale, prune, 1
+        self.num_classes, self.in_shape = num_classes, tuple(in_shape)
+        self.normalize = Normalize(mean or [0.0] * channels, std or [1.0] * channels)
+        self.router = Router(channels, experts) if experts > 1 else None
+        big = size >= 128  # ImageNet-sized inputs: the 7x7 stride-2 stem and max-pool
+        self.stem = nn.Sequential(nn.Conv2d(channels, cfg["stem"], 7 if big else 3, 2 if big else 1, 3 if big else 1,
+                                            bias=False),
+                                  *([] if cfg["preact"] else [nn.BatchNorm2d(cfg["stem"]), nn.ReLU()]),
+                                  *([nn.MaxPool2d(3, 2, 1)] if big else []))
+        # a shortcut convolution where the dense, the scaled or the pruned shapes change, so that a pruned network
+        # and the dense one of width r it compacts to have the same layers
+        stages, c_in, dense_in, kept_in = [], cfg["stem"], cfg["stem"], cfg["stem"]
+        for i, (dense, blocks) in enumerate(zip(cfg["widths"], cfg["blocks"])):
+            w, kept = width(dense, scale), width(dense, prune or scale)
+            stages.append(nn.ModuleList(
+                Block(c_in if b == 0 else w, w, 2 if i and b == 0 else 1, experts, cfg["preact"],
+                      b == 0 and (i > 0 or dense_in != dense or kept_in != kept)) for b in range(blocks)))
+            c_in, dense_in, kept_in = w, dense, kept
+        self.stages = nn.ModuleList(stages)
+        self.final_bn = nn.BatchNorm2d(c_in) if cfg["preact"] else None
+        self.pool = nn.AdaptiveAvgPool2d(cfg["pool"])
+        self.head = nn.Linear(c_in * cfg["pool"] ** 2, num_classes)
+        self.stream_masks = None
+        if prune is not None:  # one mask per stage's residual stream, one per block's middle channels
+            self.stream_masks = nn.ModuleList(ChannelMask(width(d, 1.0), prune) for d in cfg["widths"])
+            for stage, dense in zip(self.stages, cfg["widths"]):
+                for block in stage:
+                    block.inner = ChannelMask(dense, prune)
+
+    # -- routing
+
+    def gates(self, x):
+        """Router weights p(x), (B, E); a single column of ones for a dense network."""
+        if self.router is None:
+            return x.new_ones(len(x), 1)
+        return F.softmax(self.router(self.normalize(x)), dim=1)
+
+    def forward_with_routing(self, x, masked: bool = False):
+        """(logits, gates, top-1 index (B, 1)); masked=True runs every expert on every row and keeps each row's group
+        (the AdvMoE code's form: same numbers and gradients, E times the convolution work)."""
+        h = self.normalize(x)
+        if self.router is None:
+            return self.body(h, None), x.new_ones(len(x), 1), torch.zeros(len(x), 1, dtype=torch.long,
+                                                                          device=x.device)
+        gates = F.softmax(self.router(h), dim=1)
+        idx = gates.argmax(1)
+        ste = (1 + gates - gates.detach()).gather(1, idx[:, None]).view(-1, 1, 1, 1)
+        if masked:
+            return self.body(h, Route(None, idx, ste)), gates, idx[:, None]
+        order = idx.argsort(stable=True)  # rows grouped by expert: each routed layer makes one call per expert
+        counts = torch.bincount(idx, minlength=self.num_experts).tolist()
+        out = self.body(h[order], Route(counts, idx[order], ste[order]))
+        return out[order.argsort()], gates, idx[:, None]
+
+    def forward(self, x):
+        return self.forward_with_routing(x)[0]
+
+    def body(self, h, route):
+        h, stream_in = self.stem(h), keep_all
+        for i, stage in enumerate(self.stages):
+            stream = self.stream_masks[i] if self.stream_masks is not None else keep_all
+            for block in stage:
+                h = block(h, route, stream, stream_in)
+                stream_in = stream
+        if self.final_bn is not None:
+            h = stream_in(F.relu(self.final_bn(h)))
+        return self.head(self.pool(h).flatten(1))
+
+    # -- sparse networks
+
+    def masks(self) -> list:
+        return [m for m in self.modules() if isinstance(m, ChannelMask)]
+
+    def compact(self) -> "MoECNN":
+        """The pruned network as what it computes: the dense network of width r holding the kept channels' weights."""
+        if self.prune is None:
+            raise ValueError("compact() is for sparse (pruned) networks")
+        small = MoECNN(self.arch, 1, self.prune, self.num_classes, self.in_shape).to(self.head.weight.device)
+        small.normalize.load_state_dict(self.normalize.state_dict())
+        small.stem.load_state_dict(self.stem.state_dict())
+        keep_in = torch.arange(self.stem[0].out_channels, device=self.head.weight.device)
+        for mask, stage, small_stage in zip(self.stream_masks, self.stages, small.stages):
+            keep = mask.kept_index()
+            for block, small_block in zip(stage, small_stage):
+                mid = block.inner.kept_index()
+                small_block.conv1.weight.data = block.conv1.weight.data[:, mid][:, :, keep_in].clone()
+                small_block.conv2.weight.data = block.conv2.weight.data[:, keep][:, :, mid].clone()
+                slice_bn(small_block.bn1, block.bn1, keep_in if block.preact else mid)
+                slice_bn(small_block.bn2, block.bn2, mid)
+                if block.shortcut is not None:
+                    small_block.shortcut[0].weight.data = block.shortcut[0].weight.data[keep][:, keep_in].clone()
+                    if len(block.shortcut) > 1:
+                        slice_bn(small_block.shortcut[1], block.shortcut[1], keep)
+                keep_in = keep
+        if self.final_bn is not None:
+            slice_bn(small.final_bn, self.final_bn, keep_in)
+        rows = torch.arange(self.pool.output_size ** 2, device=keep_in.device)
+        cols = (keep_in[:, None] * self.pool.output_size ** 2 + rows).flatten()  # flatten order: channel, then cell
+        small.head.weight.data = self.head.weight.data[:, cols].clone()
+        small.head.bias.data = self.head.bias.data.clone()
+        return small
+
+
+def slice_bn(small: nn.BatchNorm2d, full: nn.BatchNorm2d, keep: torch.Tensor) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(small, name).data = getattr(full, name).data[keep].clone()
+    small.num_batches_tracked.copy_(full.num_batches_tracked)
+
+
+def build_moe_cnn(arch: str, experts: int, scale: float, num_classes: int, in_shape, mean=None, std=None,
+                  prune: Optional[float] = None) -> MoECNN:
+    """An MoE-CNN (experts >= 2), a dense network of width `scale` (experts 1) or a sparse one (prune = keep)."""
+    return MoECNN(arch, experts, scale, num_classes, in_shape, mean, std, prune)
+
+
+# ----------------------------------------------------------------------------- cost
+
+def gflops(model: nn.Module, x: torch.Tensor) -> dict:
+    """Giga multiply-adds per image (torch.utils.flop_counter's FLOPs / 2, the convention of the AdvMoE tables):
+    `pathway`, the work the selected pathway needs, and `masked`, the full-width masked form of the same function."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn(x)
+        return counter.get_total_flops() / 2 / len(x) / 1e9
+
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(model, MoECNN) and model.prune is not None:  # the masked network is what trains and runs
+            return {"pathway": count(model.compact().eval()), "masked": count(model)}
+        if isinstance(model, MoECNN):
+            return {"pathway": count(model), "masked": count(lambda z: model.forward_with_routing(z, masked=True))}
+        return {"pathway": count(model), "masked": count(model)}
+    finally:
+        model.train(was_training)
+
