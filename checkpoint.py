@@ -8,6 +8,7 @@ import torch
 
 import data
 from moe import DualMoE, MoE, build_moe
+from moe_cnn import ARCHS as CNN_ARCHS, MoECNN, build_moe_cnn
 
 
 def atomic_save(obj, path: str, save=None) -> None:
@@ -56,9 +57,14 @@ def load_weights(module: torch.nn.Module, state: dict, path: str) -> None:
         raise ValueError(f"checkpoint {path} holds another architecture than this model ({detail})") from None
 
 
-def build_model_from_args(a: dict, pretrained: bool = False) -> MoE:
-    """The MoE described by a run's args (a dict), untrained unless pretrained."""
+def build_model_from_args(a: dict, pretrained: bool = False) -> MoE | MoECNN:
+    """The MoE (or MoE-CNN, dense or sparse network) described by a run's args (a dict), untrained unless pretrained."""
     info = data.dataset_info(a["dataset"])
+    if a["arch"] in CNN_ARCHS:
+        if a.get("method") == "sparse":  # the full-width network, keeping a share `scale` of every layer's channels
+            return build_moe_cnn(a["arch"], 1, 1.0, info.num_classes, info.shape, info.mean, info.std, a["scale"])
+        return build_moe_cnn(a["arch"], a["experts"], a.get("scale", 1.0), info.num_classes, info.shape, info.mean,
+                             info.std)
     return build_moe(a["arch"], a["experts"], a["topk"], info.num_classes, info.shape, info.mean, info.std,
                      pretrained=pretrained)
 
@@ -74,6 +80,18 @@ def model_from_checkpoint(path: str, alpha: float = None, combine: str = None):
         model = build_model_from_args(a)
     load_weights(model, ckpt["model"], path)
     return model, ckpt
+
+
+def load_dense_weights(model: MoECNN, path: str) -> None:
+    """A dense checkpoint's weights into a sparse network of the same arch; the masks keep their own scores."""
+    dense, _ = model_from_checkpoint(path)
+    try:
+        missing, unexpected = model.load_state_dict(dense.state_dict(), strict=False)
+    except RuntimeError:  # shapes differ
+        missing, unexpected = [], ["(shapes differ)"]
+    if unexpected or any(not k.endswith(".scores") for k in missing):
+        raise ValueError(f"--init {path} is not a dense full-width network of this arch (train it with train_at.py "
+                         "--method at --experts 1 --scale 1 and the same --arch)")
 
 
 def read_log(path: str) -> list:

@@ -51,28 +51,28 @@ class Route(NamedTuple):
 
 
 class RoutedConv(nn.Module):
-    """E experts of w output channels each, on a compact input of c_in channels: row b computes W[e_b] * x_b only."""
+    """E experts of w output channels each (weight rows e*w .. (e+1)*w - 1) on a compact input of c_in channels:
+    row b computes W[e_b] * x_b only."""
 
     def __init__(self, c_in: int, w: int, experts: int, kernel: int = 3, stride: int = 1):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(experts, w, c_in, kernel, kernel))
-        for expert in self.weight.data:
+        self.experts, self.w, self.stride, self.padding = experts, w, stride, kernel // 2
+        self.weight = nn.Parameter(torch.empty(experts * w, c_in, kernel, kernel))
+        for expert in self.weight.data.split(w):
             nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
-        self.stride, self.padding = stride, kernel // 2
 
     def conv(self, x, weight):
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
     def forward(self, x, route: Optional[Route]):
-        experts, w = self.weight.shape[:2]
         if route is None:  # one expert: a plain convolution
-            return self.conv(x, self.weight[0])
+            return self.conv(x, self.weight)
         if route.counts is None:  # masked reference: every expert on every row, then each row's group
-            out = self.conv(x, self.weight.flatten(0, 1)).unflatten(1, (experts, w))
+            out = self.conv(x, self.weight).unflatten(1, (self.experts, self.w))
             out = out[torch.arange(len(x), device=x.device), route.idx]
         else:
-            out = torch.cat([self.conv(rows, self.weight[e]) for e, rows in enumerate(x.split(route.counts))
-                             if len(rows)])
+            weights = self.weight.split(self.w)
+            out = torch.cat([self.conv(rows, weights[e]) for e, rows in enumerate(x.split(route.counts)) if len(rows)])
         return out * route.ste.to(out.dtype)
 
 
@@ -136,6 +136,7 @@ class Router(nn.Module):
             nn.Conv2d(in_chans, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
             nn.Conv2d(hidden, 2 * hidden, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * hidden), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * hidden, experts))
+        nn.init.zeros_(self.net[-1].bias)  # a random bias outweighs the input at first and routes every input alike
 
     def forward(self, x):
         return self.net(x)
@@ -242,10 +243,10 @@ class MoECNN(nn.Module):
             keep = mask.kept_index()
             for block, small_block in zip(stage, small_stage):
                 mid = block.inner.kept_index()
-                small_block.conv1.weight.data = block.conv1.weight.data[:, mid][:, :, keep_in].clone()
-                small_block.conv2.weight.data = block.conv2.weight.data[:, keep][:, :, mid].clone()
+                small_block.conv1.weight.data = block.conv1.weight.data[mid][:, keep_in].clone()
+                small_block.conv2.weight.data = block.conv2.weight.data[keep][:, mid].clone()
                 slice_bn(small_block.bn1, block.bn1, keep_in if block.preact else mid)
-                slice_bn(small_block.bn2, block.bn2, mid)
+                slice_bn(small_block.bn2, block.bn2, mid if block.preact else keep)
                 if block.shortcut is not None:
                     small_block.shortcut[0].weight.data = block.shortcut[0].weight.data[keep][:, keep_in].clone()
                     if len(block.shortcut) > 1:

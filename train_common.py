@@ -22,9 +22,10 @@ import torch.distributed as dist
 import data
 from attacks import clean_correct, evaluate_attack
 from checkpoint import (atomic_save, atomic_write, build_model_from_args, load_checkpoint, load_weights,  # noqa: F401
-                        log_csv, model_from_checkpoint, read_log, rng_state, set_rng_state)
+                        load_dense_weights, log_csv, model_from_checkpoint, read_log, rng_state, set_rng_state)
 from cli import ArgumentParser, Divergence, number, pick_device, run_main as cli  # noqa: F401
-from moe import ARCHS, MoE, check_routing
+import moe_cnn
+from moe import ARCHS, DualMoE, MoE, check_routing
 
 # per dataset: what a flag left unset becomes. digits balances harder: at 0.01 every digits router
 # collapsed onto one expert (measured), which leaves RT-ER's second expert untrained by the CE. channels_last
@@ -32,9 +33,15 @@ from moe import ARCHS, MoE, check_routing
 DEFAULTS = {
     "digits": dict(arch="cnn", epochs=30, bs=64, lr=1e-3, eval_n=0, balance=0.1, channels_last=True),
     "cifar10": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
+    "cifar100": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
     "tinyimagenet": dict(arch="vit_small", epochs=10, bs=128, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
     "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
 }
+OPTIMISER = dict(opt="adam", wd=0.0, sched="cyclic")  # the ICML paper's MoE runs
+# MoE-CNN runs (AdvMoE appendix B): SGD momentum 0.9, weight decay 5e-4, lr 0.1, cosine, 100 epochs, batch 128;
+# AT (Sparse) learns its mask for 100 epochs, then fine-tunes for 100
+CNN_METHODS = ("st", "at", "trades", "advmoe", "sparse")  # RT-ER and JTDMoE need whole-network experts
+MOE_CNN_DEFAULTS = dict(opt="sgd", wd=5e-4, lr=0.1, sched="cosine", epochs=100, bs=128)
 # the only settings --resume may change: how long, where and how fast it runs, how often it is evaluated
 RESUMABLE = ("epochs", "out", "data_dir", "download", "device", "workers", "compile", "eval_every", "eval_n",
              "eval_steps")
@@ -55,8 +62,12 @@ def base_parser(description: str, method: str) -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="digits", choices=list(DEFAULTS))
     g.add_argument("--data-dir", default="data", help="where the dataset lives (or is downloaded to)")
     g.add_argument("--download", action="store_true", help="download the dataset if it is missing")
-    g.add_argument("--arch", default=None, choices=ARCHS, help="expert architecture (default per dataset)")
-    g.add_argument("--experts", type=number(int, 2), default=4, help="number of experts E")
+    g.add_argument("--arch", default=None, choices=ARCHS + moe_cnn.ARCHS,
+                   help="expert architecture (default per dataset); moe_*: the MoE-CNN of AdvMoE (moe_cnn.py)")
+    g.add_argument("--experts", type=number(int, 1), default=None,
+                   help="number of experts E (default 4; MoE-CNN: 1 is the dense network of width --scale)")
+    g.add_argument("--scale", type=number(float, 0, 1), default=1.0,
+                   help="MoE-CNN model scale r: an expert's share of the dense layer's channels")
     g.add_argument("--topk", type=number(int, 1), default=1, help="experts selected per input")
     g.add_argument("--pretrained", action="store_true", help="start vit_small experts from ImageNet weights")
     g.add_argument("--balance", type=nonneg, default=None,
@@ -66,10 +77,10 @@ def base_parser(description: str, method: str) -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=number(int, 1), default=None)
     g.add_argument("--bs", type=number(int, 1), default=None, help="global batch size")
     g.add_argument("--lr", type=nonneg, default=None, help="peak learning rate")
-    g.add_argument("--opt", default="adam", choices=("adam", "sgd"))
-    g.add_argument("--wd", type=nonneg, default=0.0, help="weight decay")
-    g.add_argument("--sched", default="cyclic", choices=("cyclic", "cosine", "const"),
-                   help="cyclic: lr/2 -> lr -> lr/2 over the run")
+    g.add_argument("--opt", default=None, choices=("adam", "sgd"), help="default adam; MoE-CNN archs: sgd")
+    g.add_argument("--wd", type=nonneg, default=None, help="weight decay (default 0; MoE-CNN archs: 5e-4)")
+    g.add_argument("--sched", default=None, choices=("cyclic", "cosine", "const"),
+                   help="cyclic: lr/2 -> lr -> lr/2 over the run (default; MoE-CNN archs: cosine)")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("attack budget (pixel units, images in [0, 1])")
     g.add_argument("--eps", type=number(float, 0, 1), default=None, help="l_inf budget (default per dataset)")
@@ -94,10 +105,28 @@ def base_parser(description: str, method: str) -> argparse.ArgumentParser:
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse and fill the per-dataset defaults; what argparse cannot check is a one-line ValueError."""
     args = parser.parse_args(argv)
-    for key, value in DEFAULTS[args.dataset].items():
+    arch = args.arch or DEFAULTS[args.dataset]["arch"]
+    cnn = arch in moe_cnn.ARCHS
+    defaults = {**DEFAULTS[args.dataset], **OPTIMISER, **(MOE_CNN_DEFAULTS if cnn else {}),
+                "experts": 1 if args.method == "sparse" else 4}
+    if args.method == "sparse":
+        defaults["epochs"] *= 2
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    check_routing(args.experts, args.topk)
+    if cnn:
+        if args.method not in CNN_METHODS:
+            raise ValueError(f"the MoE-CNN archs train with {', '.join(CNN_METHODS)} (train_st.py, train_at.py); "
+                             f"{args.method} needs the whole-network experts of --arch {', '.join(ARCHS)}")
+        if args.topk != 1:
+            raise ValueError(f"an MoE-CNN routes each input to one expert (top-1), got --topk {args.topk}")
+        if args.method == "sparse" and args.experts != 1:
+            raise ValueError("AT (Sparse) prunes a dense network: --experts 1 (its --scale is the share it keeps)")
+    else:
+        check_routing(args.experts, args.topk)
+        if args.scale != 1.0 or args.method == "sparse":
+            raise ValueError(f"--scale and --method sparse are for the MoE-CNN archs ({', '.join(moe_cnn.ARCHS)}), "
+                             f"not --arch {arch}")
     args.eps = data.dataset_info(args.dataset).eps if args.eps is None else args.eps
     args.step_size = args.eps / 4 if args.step_size is None else args.step_size
     if args.resume and args.overwrite:
@@ -110,7 +139,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
 
 def make_optimizer(params, args) -> torch.optim.Optimizer:
     if args.opt == "sgd":
-        return torch.optim.SGD(list(params), args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True)
+        return torch.optim.SGD(list(params), args.lr, momentum=0.9, weight_decay=args.wd)
     return torch.optim.Adam(list(params), args.lr, weight_decay=args.wd)
 
 
@@ -312,9 +341,9 @@ class Run:
             ra = evaluate_attack(model, self.x_test, self.y_test, "whole", "pgd", a.eps, a.step_size,
                                  a.eval_steps)[0].float().mean().item()
             metrics = {"sa": 100 * sa, "ra": 100 * ra}
-            moes = {"": model} if isinstance(model, MoE) else {"std_": model.std, "rob_": model.rob}
+            moes = {"std_": model.std, "rob_": model.rob} if isinstance(model, DualMoE) else {"": model}
             with torch.no_grad():
-                for prefix, moe in moes.items():
+                for prefix, moe in ((p, m) for p, m in moes.items() if m.num_experts > 1):
                     counts = torch.bincount(moe.gates(self.x_test).argmax(1), minlength=moe.num_experts)
                     for i, c in enumerate(counts.tolist()):
                         metrics[f"{prefix}usage_{i}"] = round(c / len(self.x_test), 4)
