@@ -11,12 +11,22 @@ RUNS ?= runs/$(PRESET)$(if $(QUICK),-quick)
 # on digits. Digits: the scripts' defaults, the curves PGD-20 RA every 2nd epoch (every epoch: +20 % time), AutoAttack
 # a fixed 100 test points (on a CPU it takes minutes per target and 100 points).
 pick = $(if $(QUICK),$1,$(if $(filter digits,$(PRESET)),$2,$3))
-EPOCHS := $(call pick,2,30,$(if $(filter cifar10,$(PRESET)),130,10))
+EPOCHS := $(call pick,2,30,$(if $(filter cifar%,$(PRESET)),130,10))
 JT_EPOCHS := $(call pick,1,10,10)
+CNN_EPOCHS := $(call pick,2,30,100)# MoE-CNN runs (AdvMoE appendix: 100; AT (Sparse): 100 mask + 100 fine-tuning)
+SPARSE_EPOCHS := $(call pick,2,60,200)
+SCALES := $(call pick,0.5,0.2 0.5 0.8,0.2 0.5 0.8)# Table A2's model scales r
 CURVE := $(call pick,--eval-n 60 --eval-steps 3 --steps 2,--eval-steps 20 --eval-every 2,--eval-n 1000)
-EVAL := $(if $(filter digits,$(PRESET)),,--data-dir $(or $(DATA),data))
-ARCH := $(if $(filter cifar10,$(PRESET)),--arch resnet18 --amp --channels-last,--arch vit_small --pretrained --amp)
-TRAIN := $(if $(EVAL),--dataset $(PRESET) $(ARCH) $(EVAL),$(if $(QUICK),--bs 256)) $(CURVE)
+PAPER := $(if $(filter digits,$(PRESET)),,--data-dir $(or $(DATA),data))# the data flag of a paper preset
+EVAL := $(PAPER)
+GPU := $(if $(filter cifar%,$(PRESET)),--amp --channels-last,--amp)
+# a run's model: Tables A1 / A2 (a1_*, a2_*; a1w_*, a2w_*: WRN-28-10) the MoE-CNN family, else the preset's experts
+arch = $(if $(filter a1w_% a2w_%,$1),--arch moe_wrn28_10,$(if $(filter a1_% a2_%,$1),--arch $(if $(PAPER),moe_resnet18,\
+  moe_cnn),$(if $(PAPER),--arch $(if $(filter cifar%,$(PRESET)),resnet18,vit_small --pretrained))))
+epochs = $(if $(filter jtdmoe_%,$1),$(JT_EPOCHS),$(if $(findstring _sparse,$1),$(SPARSE_EPOCHS),$(if $(filter a1% a2%,\
+  $1),$(CNN_EPOCHS),$(EPOCHS))))
+train = $(if $(PAPER),--dataset $(PRESET) $(call arch,$1) $(GPU) $(PAPER),$(call arch,$1) $(if $(QUICK),--bs 256))\
+  $(CURVE)
 EVAL_N ?= $(call pick,40,0,0)# test points of the final evaluations (0: all)
 AA_N ?= $(call pick,20,100,0)
 EVAL += $(if $(QUICK),--steps 5 --aa-version quick) --n $(EVAL_N) --aa-n $(AA_N)
@@ -40,15 +50,18 @@ export JOB_SCRIPT := $(value JOB_SCRIPT)
 JOB = bash -c "$$JOB_SCRIPT" job
 
 folder = $(RUNS)/$1$(if $(filter-out 0,$2),-seed$2)# run, seed -> its folder
-pair = $(if $(filter jtdmoe_% dual_pretrained,$1),$(foreach m,st rter,$(call folder,$m,$2)/$3))# what they mix
-std_rob = $(if $(call pair,$1,$2),$(join --std= --rob=,$(call pair,$1,$2,ckpt.pt)))
+dual = $(filter jtdmoe_% dual_pretrained,$1)
+# what a run starts from: a dual model mixes st and rter, AT (Sparse) prunes its table's AT (Dense)
+pair = $(foreach m,$(if $(dual),st rter,$(if $(findstring _sparse,$1),$(firstword $(subst _, ,$1))_dense)),\
+  $(call folder,$m,$2)/$3)
+std_rob = $(if $(dual),$(join --std= --rob=,$(call pair,$1,$2,ckpt.pt)),$(if $(call pair,$1,$2),--init \
+  $(call pair,$1,$2,ckpt.pt)))
 own_alpha = $(patsubst jtdmoe_a%,--alphas %,$(filter jtdmoe_a%,$1))# a JTDMoE at its alpha
 # run $1 in folder $2: evaluations $3, training script and flags $4 (none: evaluation only), seed $5; no target: no rule
 define run
 all: $(if $4,$2/train.done) $(patsubst %,$2/eval_%.json,$3)
 $(if $4,$2/train.done): | $(call pair,$1,$5,train.done)
-	$$(JOB) $$@ $(strip python $4 $(call std_rob,$1,$5) $(TRAIN) --epochs \
-	  $(if $(filter jtdmoe_%,$1),$(JT_EPOCHS),$(EPOCHS)) --out $2 --resume)
+	$$(JOB) $$@ $(strip python $4 $(call std_rob,$1,$5) $(call train,$1) --epochs $(call epochs,$1) --out $2 --resume)
 $(patsubst %,$2/eval_%.json,$3) &: $(if $4,$2/train.done,$(call pair,$1,$5,train.done))
 	$$(JOB) $2/eval $(strip python eval.py $(if $4,--ckpt $2/ckpt.pt $(call own_alpha,$1),$(call std_rob,$1,$5) \
 	  --alphas 0.5,0.6,0.7,0.8,0.9,1.0 --out $2) --attack $(subst $() ,$(comma),$3) $(EVAL))
@@ -62,7 +75,7 @@ ifeq ($(PRESET),imagenet)  # Table 10 only
 $(call experiment, at,              pgd adaptive,  train_at.py --method at)
 $(call experiment, rter,            pgd adaptive,  train_rter.py --beta 6)
 $(call experiment, trades,          pgd adaptive,  train_at.py --method trades)
-else  # order = priority: the runs others depend on first, then the long ones
+else ifneq ($(PRESET),cifar100)  # (CIFAR-100: Table A2 only) order = priority: the runs others depend on first
 $(call experiment, st,              pgd aa smooth adaptive, train_st.py)
 $(call experiment, rter,            pgd aa smooth adaptive, train_rter.py --beta 6)
 $(call experiment, at,              pgd aa smooth adaptive, train_at.py --method at)
@@ -76,4 +89,18 @@ $(call experiment, rter_top2,       pgd adaptive,  train_rter.py --beta 6 --topk
 $(call experiment, at_top2,         pgd adaptive,  train_at.py --method at --topk 2)
 $(call experiment, rter_e5,         pgd adaptive,  train_rter.py --beta 6 --experts 5)
 $(call experiment, rter_e3,         pgd adaptive,  train_rter.py --beta 6 --experts 3)
+endif
+# AdvMoE appendix, MoE-CNN: Table A1 (10-step training, r = 0.5) on digits / CIFAR-10, Table A2 (2-step training,
+# r in SCALES, AT (Dense) at r = 1) on digits / CIFAR-10 / CIFAR-100; a1w_, a2w_: WRN-28-10 (paper presets).
+# cnn TABLE, evaluations, train PGD steps, scale r, run name suffix
+cnn = $(call experiment, $1_sdense$5, $2, train_at.py --method at --experts 1 --scale $4 --steps $3)\
+  $(call experiment, $1_sparse$5, $2, train_at.py --method sparse --scale $4 --steps $3)\
+  $(call experiment, $1_moe$5,    $2, train_at.py --method at --scale $4 --steps $3)\
+  $(call experiment, $1_advmoe$5, $2, train_at.py --method advmoe --scale $4 --steps $3)
+dense = $(call experiment, $1_dense, $2, train_at.py --method at --experts 1 --scale 1 --steps $3)
+ifneq ($(filter digits cifar10,$(PRESET)),)
+$(foreach b,a1 $(if $(PAPER),a1w),$(call dense,$b,pgd aa,10)$(call cnn,$b,pgd aa,10,0.5))
+endif
+ifneq ($(filter digits cifar10 cifar100,$(PRESET)),)
+$(foreach b,a2 $(if $(PAPER),a2w),$(call dense,$b,pgd,2)$(foreach r,$(SCALES),$(call cnn,$b,pgd,2,$r,_r$r)))
 endif

@@ -260,10 +260,10 @@ def evaluate_attack(model, x, y, target: str, attack_name: str = "pgd", eps: flo
                     step: float = 2 / 255, steps: int = 50, bs: int = 256, progress=None, aa_version="standard"):
     """Per-row (correct on the full model at x_adv, same top-1 expert as at x) for one attack and target.
 
-    Routing consistency is None for models without gates (dual models).
+    Routing consistency is None for models without gates (dual models) or with one expert (dense networks).
     """
     correct, same_route = [], []
-    has_gates = hasattr(model, "gates")
+    has_gates = hasattr(model, "gates") and model.num_experts > 1
     with eval_mode(model):
         for rows, x_adv in adversarial_batches(model, x, y, target, attack_name, eps, step, steps, bs, aa_version):
             with torch.no_grad():

@@ -2,6 +2,7 @@
 
 Single MoE:  SA, RA (whole), RA-E (experts), RA-R (router), routing consistency; `adaptive` attacks hard routing.
 Dual model:  SA, RA (dual), RA-RMoE, RA-SMoE for each alpha, and per-class margins of the robust MoE.
+MoE-CNN (moe_cnn.py: AdvMoE's MoE, dense and sparse networks): SA, RA, and GMACs per image (pathway and masked).
 Each attack writes OUT/eval_<attack>.json and .md (OUT: the run folder of --ckpt; for --std/--rob a
 folder of its own beside the robust run, dual_<std run>+<rob run>), with every test point's outcome, so that
 RA (worst), the points surviving every attack run on the model so far, is printed after each attack.
@@ -23,6 +24,7 @@ import checkpoint
 import cli
 from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack
 from moe import DualMoE, check_alpha
+from moe_cnn import MoECNN, gflops
 from outcomes import EVAL_NAME, accuracy, worst_case
 
 SINGLE_TARGETS = {"pgd": ("whole", "experts", "router"), "aa": ("whole", "experts", "router"),
@@ -136,10 +138,14 @@ def load_models(args):
     return DualMoE(std, rob, 0.7, args.combine or "logits"), rob_ckpt["args"], True
 
 
-def check_fit(args, dual: bool) -> None:
+def check_fit(args, dual: bool, cnn: bool = False) -> None:
     """Attacks and targets the model can take, before any work (ValueError: one line)."""
     kind, allowed = ("a dual model", DUAL_TARGETS) if dual else ("a single MoE", ("whole", "experts", "router",
                                                                                   "smooth"))
+    if cnn:  # its experts are channel groups inside each layer, not networks: only the whole model is attacked
+        kind, allowed = "an MoE-CNN (moe_cnn.py)", ("whole",)
+        if "smooth" in args.attack or "adaptive" in args.attack:
+            raise ValueError("the smooth and adaptive attacks need whole-network experts; an MoE-CNN takes pgd or aa")
     wrong = [t for t in args.targets or () if t not in allowed]
     if wrong:
         raise ValueError(f"target(s) {', '.join(wrong)} do not fit {kind}; choose from {', '.join(allowed)}")
@@ -222,7 +228,11 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
     if args.attack == "aa" and args.aa_version in AA_VERSION_NOTE:
         result["aa_version"] = AA_VERSION_NOTE[args.aa_version]
     if not dual:
-        result.update(measure(model, x, y, args.targets or SINGLE_TARGETS[args.attack], args, eps, step))
+        cnn = isinstance(model, MoECNN)
+        targets = args.targets or (("whole",) if cnn else SINGLE_TARGETS[args.attack])
+        result.update(measure(model, x, y, targets, args, eps, step))
+        if cnn:  # the cost of one image, counted by torch's flop counter on test images
+            result["gmacs"] = gflops(model, x[:64])
         columns = [c for c in ("sa", "ra", "ra_e", "ra_r") if c in result]
         columns += [k for k in result if k.startswith("route_same")]
         return result, cli.markdown_table(columns, [[result[c] for c in columns]])
@@ -240,7 +250,7 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
 def main(argv=None):
     args = parse_args(argv)
     model, run_args, dual = load_models(args)
-    check_fit(args, dual)
+    check_fit(args, dual, isinstance(model, MoECNN))
     eps = run_args.get("eps") if args.eps is None else args.eps
     if eps is None:
         raise ValueError(f"{args.ckpt or args.rob} records no eps; pass --eps")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# usage: bash run_all.sh [digits|cifar10|tinyimagenet|imagenet] [--quick] [--jobs N] [--seeds N] [--allow-cpu]
+# usage: bash run_all.sh [digits|cifar10|cifar100|tinyimagenet|imagenet] [--quick] [--jobs N] [--seeds N] [--allow-cpu]
 #                        [--data-dir DIR] [--dry-run]
 # Every table and figure of the paper on one preset: make trains and evaluates the runs the Makefile lists, then
 # report.py writes tables, figures and results.json. Resumable: run it again after an interruption. Presets: digits
-# (default; offline, CPU), cifar10, tinyimagenet, imagenet (Table 10): GPU (or --allow-cpu) and data (--data-dir,
-# DATA_DIR, ./data). --quick: smoke run; --jobs N at once (default 2 on digits, else 1); --seeds N: seeds 0..N-1,
-# seed k >= 1 in <run>-seed<k>; --dry-run: make -n. Environment: RUNS_DIR (runs/<preset>[-quick]), RESULTS_DIR
-# (RUNS_DIR/results), EVAL_N / AA_N (test points of the final PGD / AutoAttack evaluations: all, AA_N 100 on digits).
+# (default; offline, CPU), cifar10, cifar100 (AdvMoE's Table A2 only), tinyimagenet, imagenet (Table 10): GPU (or
+# --allow-cpu) and data (--data-dir, DATA_DIR, ./data). --quick: smoke run; --jobs N at once (default 2 on digits,
+# else 1); --seeds N: seeds 0..N-1, seed k >= 1 in <run>-seed<k>; --dry-run: make -n. Environment: RUNS_DIR
+# (runs/<preset>[-quick]), RESULTS_DIR (RUNS_DIR/results), EVAL_N / AA_N (test points of the final PGD / AutoAttack
+# evaluations: all, AA_N 100 on digits).
 set -uo pipefail
 die() { echo "run_all: $*" >&2; exit 1; }
 bad() { echo "run_all: $*; see bash run_all.sh --help" >&2; exit 2; }
@@ -14,13 +15,14 @@ bad() { echo "run_all: $*; see bash run_all.sh --help" >&2; exit 2; }
 PRESET="" QUICK="" JOBS="" SEEDS=1 ALLOW_CPU="" DRY_RUN="" DATA=${DATA_DIR:-} MAKE_PID=""
 while (($#)); do
   case $1 in
-    digits|cifar10|tinyimagenet|imagenet) [[ -z $PRESET ]] || bad "two presets given ($PRESET and $1)"; PRESET=$1 ;;
+    digits|cifar10|cifar100|tinyimagenet|imagenet)
+      [[ -z $PRESET ]] || bad "two presets given ($PRESET and $1)"; PRESET=$1 ;;
     --quick) QUICK=1 ;; --allow-cpu) ALLOW_CPU=1 ;; --dry-run) DRY_RUN=1 ;;
     --jobs=*|--seeds=*|--data-dir=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
     --jobs|--seeds|--data-dir) (($# >= 2)) || bad "$1 needs a value"
       case $1 in --jobs) JOBS=$2 ;; --seeds) SEEDS=$2 ;; *) DATA=$2 ;; esac; shift ;;
     -h|--help) sed -n '2,/^set /{/^set /d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
-    *) bad "unknown argument '$1' (presets: digits cifar10 tinyimagenet imagenet)" ;;
+    *) bad "unknown argument '$1' (presets: digits cifar10 cifar100 tinyimagenet imagenet)" ;;
   esac
   shift
 done
@@ -39,7 +41,7 @@ REPORT=(python report.py "$PRESET" --runs "$RUNS" --out "$RESULTS" --command "$C
 [[ -z $DRY_RUN ]] || { echo "run_all: dry run of preset $PRESET: what would run now (no GPU or data check)"
   "${MAKE[@]}" -n && echo "${REPORT[*]}"; exit; }
 
-declare -A NEED=([cifar10]=cifar-10-batches-py [imagenet]="train val"
+declare -A NEED=([cifar10]=cifar-10-batches-py [cifar100]=cifar-100-python [imagenet]="train val"
   [tinyimagenet]="tiny-imagenet-200/wnids.txt tiny-imagenet-200/train tiny-imagenet-200/val/val_annotations.txt")
 for need in ${NEED[$PRESET]:-}; do [[ -e $DATA/$need ]] || die "$PRESET data missing: looked for $DATA/$need;" \
   "get it with a train script's --download (ImageNet: by hand, train/ and val/ class folders) or set DATA_DIR"; done
