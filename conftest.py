@@ -221,7 +221,7 @@ BAD_TRAIN = {
     "unknown_arch": ("train_st.py", ["--arch", "mlp"], ["argument --arch:", "mlp"]),
     "unknown_dataset": ("train_st.py", ["--dataset", "mnist"], ["argument --dataset:", "mnist"]),
     "topk_gt_experts": ("train_st.py", ["--topk", "5", "--experts", "4"], ["topk", "5"]),
-    "one_expert": ("train_st.py", ["--experts", "1"], ["argument --experts:", "1"]),
+    "one_expert": ("train_st.py", ["--experts", "1"], ["an MoE needs at least 2 experts, got 1"]),  # MoE-CNN: 1 ok
     "negative_eps": ("train_st.py", ["--eps", "-1"], ["argument --eps:", "-1"]),
     "vit_pretrained_offline": ("train_st.py", ["--arch", "vit_small", "--pretrained"], ["--pretrained"]),
     "bad_beta": ("train_rter.py", ["--beta", "-1"], ["argument --beta:", "-1"]),
