@@ -1,4 +1,4 @@
-"""A verdict for every claim of the paper that a preset can test: claims.md from the runs' per-point outcomes.
+"""A verdict for every claim of the papers that a preset can test: claims.md from the runs' per-point outcomes.
 
 Each claim says "A - B > 0" for two measures A and B: (run, target, alpha), target `clean` for SA, or a constant
 in percent. Per seed, A and B are compared on the test points both were evaluated on (paired), and a bootstrap
@@ -37,6 +37,10 @@ CLAIMS = [
     ("Top-2 routing keeps RT-ER's gain over AT in RA", PGD_AND_WORST, ("rter_top2", "whole"), ("at_top2", "whole")),
     ("E = 3 experts keep RT-ER's gain over AT (E = 4) in RA", PGD_AND_WORST, ("rter_e3", "whole"), ("at", "whole")),
     ("E = 5 experts keep RT-ER's gain over AT (E = 4) in RA", PGD_AND_WORST, ("rter_e5", "whole"), ("at", "whole")),
+    # the AdvMoE appendix (MoE-CNN, 10-step PGD training, r = 0.5); the worst case counts its AutoAttack too
+    ("AdvMoE beats AT (MoE) in RA (Table A1)", PGD_AND_WORST, ("a1_advmoe", "whole"), ("a1_moe", "whole")),
+    ("AdvMoE beats AT (S-Dense) in RA (Table A1)", PGD_AND_WORST, ("a1_advmoe", "whole"), ("a1_sdense", "whole")),
+    ("AdvMoE beats AT (Sparse) in RA (Table A1)", PGD_AND_WORST, ("a1_advmoe", "whole"), ("a1_sparse", "whole")),
 ]
 
 

@@ -1,109 +1,28 @@
-"""Tables 1-10 and Figures 2-7 of the paper from the runs of run_all.sh: markdown, PNG and results.json.
+"""The paper's Tables 1-10 and Figures 2-7, the AdvMoE appendix's Tables A1-A2 and Figure A2, from the runs of
+run_all.sh: markdown, PNG and results.json.
   python report.py digits --runs runs/digits          (writes runs/digits/results unless --out says where)
 Reads RUNS/<run>/eval_<attack>.json (eval.py), log.csv, args.json and diverged.json; RUNS/<run>-seed<k> is seed k
-of <run>. Each table is one spec in TABLES, drawn by Report.render; a missing input gives n/a cells, never an error.
+of <run>. Each table is one spec in TABLES (A1, A2: report_advmoe.py), drawn by Report.render; figures.py draws the
+figures. A missing input gives n/a cells, never an error.
 """
 import argparse
-import csv
 import json
 import math
 import os
-import re
-import statistics
 from collections import namedtuple
 
 import claims
 from cli import markdown_table
+from figures import figures
 from paper import PAPER
 from outcomes import EVAL_NAME, accuracy, worst_case
+from report_advmoe import ADVMOE_TABLES, cost_block
+from report_data import (DUAL, NA, NUM_CLASSES, PAPER_NAME, ROUTE, SEED_FOLDER, SINGLE, cell, finite, fmt, fmt_eps,
+                         load_runs, merge, pick)
 
-PAPER_NAME = {"cifar10": "CIFAR-10", "tinyimagenet": "TinyImageNet", "imagenet": "ImageNet"}
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "tinyimagenet": 200, "imagenet": 1000}
 CLASS_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
-SINGLE = (("SA", "sa"), ("RA", "ra"), ("RA-E", "ra_e"), ("RA-R", "ra_r"), ("RA (worst)", "worst"))
-DUAL = (("SA", "sa"), ("RA", "ra"), ("RA-RMoE", "ra_rmoe"), ("RA-SMoE", "ra_smoe"))
-ROUTE = (("same top-1 % (whole)", "route_same_whole"), ("same top-1 % (smooth)", "route_same_smooth"),
-         ("same top-1 % (experts)", "route_same_experts"), ("same top-1 % (router)", "route_same_router"))
 MARGINS = (("margin_rob_pretrained", 100), ("margin_rob_jtdmoe", 100), ("improvement_pp", 1), ("relative_pct", 1),
            ("margin_dual_improvement_pp", 1))  # Table 5's numbers of a class, and their scale in the table
-NA = "n/a"
-SEED_FOLDER = re.compile(r"^(.+)-seed(\d+)$")  # run_all.sh --seeds N trains seed k >= 1 of run R in folder R-seed<k>
-
-def read(path, problems, parse=json.load):  # None when the file is missing or unreadable (then said in problems)
-    try:
-        with open(path, newline="") as f:
-            return parse(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, csv.Error) as exc:
-        problems.append(f"{path}: unreadable ({type(exc).__name__}), treated as missing")
-
-def number(text):
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return text or None
-
-def load_runs(runs_dir, problems):
-    """{folder: {args, log, diverged, has_ckpt, evals: {eval_pgd: {...}}}} for every run folder in runs_dir."""
-    if not os.path.isdir(runs_dir):
-        problems.append(f"{runs_dir}: no such folder; every cell is n/a")
-        return {}
-    runs = {}
-    for name in sorted(os.listdir(runs_dir)):
-        folder = os.path.join(runs_dir, name)
-        files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-        evals = [f for f in files if f.startswith(EVAL_NAME.format("")) and f.endswith(".json")]
-        if "args.json" not in files and not evals:
-            continue  # not a run, e.g. the results folder run_all.sh keeps in the runs folder
-        run = runs[name] = {"evals": {}, "has_ckpt": "ckpt.pt" in files}
-        for file in evals:
-            value = read(os.path.join(folder, file), problems)
-            if isinstance(value, dict) and "rows" in value:  # a dual model: one row per alpha
-                rows = value["rows"]
-                value["rows"] = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-            if isinstance(value, dict):
-                run["evals"][file[:-5]] = value
-            elif value is not None:
-                problems.append(f"{os.path.join(folder, file)}: not a JSON object, treated as missing")
-        args, diverged = (read(os.path.join(folder, file), problems) for file in ("args.json", "diverged.json"))
-        run["args"] = args if isinstance(args, dict) else None
-        run["log"] = read(os.path.join(folder, "log.csv"), problems, lambda f: [
-            {k: number(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)])
-        run["diverged"] = diverged if "diverged.json" not in files or isinstance(diverged, dict) else \
-            {"message": "diverged.json present" if diverged is None else str(diverged)}
-    return runs
-
-def finite(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-def fmt(v):
-    return f"{v:.2f}" if finite(v) else NA
-
-def fmt_eps(eps, preset):
-    if not finite(eps):
-        return NA
-    k = eps * 255
-    return f"{round(k)}/255" if preset != "digits" and k >= 1 and abs(k - round(k)) < 1e-4 else f"{eps:g}"
-
-def cell(values):
-    """Our number from its value in each seed: the value itself, or mean ± sample std over the seeds that have it."""
-    have = [v for v in values if finite(v)]
-    if len(values) == 1 or not have:
-        return fmt(values[0] if len(values) == 1 else None)
-    return f"{fmt(statistics.mean(have))} ± {fmt(statistics.stdev(have)) if len(have) > 1 else NA}"
-
-def merge(values, folders):
-    """One record of per-seed numbers: the numbers of one seed; else their means, sample stds and each seed's."""
-    if len(values) == 1:
-        return dict(values[0])
-    have = {k: [v[k] for v in values if finite(v.get(k))] for k in dict.fromkeys(k for v in values for k in v)}
-    return {**{k: statistics.mean(h) if h else None for k, h in have.items()},
-            "std": {k: statistics.stdev(h) if len(h) > 1 else None for k, h in have.items()},
-            "seeds": dict(zip(folders, values))}
-
-def pick(value, preset):  # a spec field that may differ by preset: {preset: value, "*": any other preset}
-    return value.get(preset, value.get("*")) if isinstance(value, dict) else value
 
 def metric_values(ev, dual, worst=None):
     """Our numbers in one evaluation, None where missing; worst: the run's per-point worst case over every attack."""
@@ -128,6 +47,9 @@ class Report:
         self.seeds = {}  # run: its seeds' folders, seed 0 (the run's own folder) first
         for name in sorted(runs, key=lambda folder: int(m.group(2)) if (m := SEED_FOLDER.match(folder)) else 0):
             self.seeds.setdefault(SEED_FOLDER.sub(r"\1", name), []).append(name)
+
+    def blocks(self, spec):  # the blocks of a table drawn on this preset (a block's `skip` names those it is not)
+        return [b for b in spec.get("blocks", [spec]) if self.preset not in b.get("skip", ())]
 
     def folders(self, run):  # seed 0 (the run's own folder) first; [run] while none exists
         return self.seeds.get(run) or [run]
@@ -168,12 +90,12 @@ class Report:
                        "so SA differs between them.")
         if self.preset not in spec.get("paper_from", {}):  # there the notes say where the paper cells come from
             if self.paper_ds is None:
-                out.append("The paper has no digits numbers (its tables are CIFAR-10 / TinyImageNet, Table 10 "
-                           "ImageNet), so there is no paper column.")
+                out.append(spec.get("no_paper_note", "The paper has no digits numbers (its tables are CIFAR-10 / "
+                                    "TinyImageNet, Table 10 ImageNet), so there is no paper column."))
             elif PAPER.get(table) and self.paper_ds not in PAPER[table]:
                 out.append(f"The paper reports this table for {', '.join(PAPER_NAME[d] for d in PAPER[table])} only: "
                            f"paper cells are n/a on {self.preset}.")
-        runs = list(dict.fromkeys(r for b in spec.get("blocks", [spec]) for r in b.get("runs") or
+        runs = list(dict.fromkeys(r for b in self.blocks(spec) for r in b.get("runs") or
                                   [row.run for row in b["rows"]]))
         if "extra" not in spec:  # Table 9 says it in its status column
             out += [f"Run `{folder}` collapsed ({self.runs[folder]['diverged'].get('message', 'diverged')}); its "
@@ -260,10 +182,13 @@ class Report:
 
     def render(self, table):  # one table spec of TABLES -> (its markdown, its results.json record)
         spec, texts, used, records, notes = TABLES[table], [], [], {}, []
-        for block in spec.get("blocks", [spec]):
-            draw = self.margin_block if block.get("kind") == "margins" else self.metric_block
+        for block in self.blocks(spec):
+            draw = {"margins": self.margin_block, "cost": lambda *a: cost_block(self, *a)}.get(block.get("kind"),
+                                                                                                self.metric_block)
             header, rows, block_used, records[block.get("key")], block_notes = draw(table, spec, block)
-            texts.append((f"## {block['heading']}\n\n" if "heading" in block else "") + markdown_table(header, rows))
+            heading = block.get("heading")  # a text, or f(report, block) -> text
+            heading = heading(self, block) if callable(heading) else heading
+            texts.append((f"## {heading}\n\n" if heading else "") + markdown_table(header, rows))
             used, notes = used + block_used, notes + block_notes
         fill = dict(preset=self.preset, chance=200 / self.num_classes, eval_smooth=EVAL_NAME.format("smooth") + ".json")
         notes += [note.format(**fill) for note in (pick(n, self.preset) for n in spec.get("notes", [])) if note]
@@ -283,7 +208,8 @@ class Report:
 # ----------------------------------------------------------------------------- the tables, as data
 # A table: title, lead columns, Rows (or blocks of them, each with a heading), notes (filled in: {preset}, {chance},
 # {eval_smooth}); a title or note may be {preset: text, "*": other presets}. A Row: lead cells, run (its seeds are
-# found by folder name), the paper's key (default: the run), attack, alpha. Report.render draws any table.
+# found by folder name), the paper's key (default: the run), attack, alpha. Report.render draws any table; a block's
+# `kind` picks its drawer (metrics by default, "margins", "cost": report_advmoe.py), `skip` the presets without it.
 Row = namedtuple("Row", "lead run paper attack alpha", defaults=(None, None, None))
 ST_AT_RTER, PRE = [Row("ST", "st"), Row("AT", "at"), Row("RT-ER", "rter")], (0.7, 0.8, 0.9)
 TABLES = {
@@ -343,98 +269,7 @@ TABLES = {
                 "tinyimagenet": "Paper cells: the paper's TinyImageNet numbers for these methods (Table 3; no TRADES), "
                                 "not its ImageNet Table 10."}]),
 }
-
-# ----------------------------------------------------------------------------- figures (of each run's seed 0)
-
-def draw(path, title, panels, size=(9, 4.3)):
-    """A figure of side-by-side panels, each a list of (Axes method, args, kwargs) calls; returns the panels."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(panels), figsize=size, dpi=120, squeeze=False)
-    for ax, calls in zip(axes[0], panels):
-        for method, args, kwargs in calls:
-            getattr(ax, method)(*args, **kwargs)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return panels
-
-def panel(lines, title, xlabel, ylabel, legend=None, **settings):  # its lines, a legend or 'no data yet', labels
-    empty = ("annotate", ("no data yet (run not done)", (0.5, 0.5)), {"xycoords": "axes fraction", "ha": "center"})
-    return lines + [("legend", (), legend or {"fontsize": 8}) if lines else empty, ("set_title", (title,),
-                    {"fontsize": 10}), ("set", (), dict(xlabel=xlabel, ylabel=ylabel, **settings)),
-                    ("grid", (), {"alpha": 0.3})]
-
-def line(points, **style):
-    return [("plot", tuple(zip(*points)), {"markersize": 4, **style})] if points else []  # none without points
-
-def figures(report, out):
-    """Figures 2-7 and routing.png, of each run's seed 0; returns what each one draws, for results.json."""
-    import matplotlib
-    matplotlib.use("Agg")
-    seeds = max(map(len, report.seeds.values()), default=1)
-    p = report.preset + " (quick smoke run)" * report.quick + f", seed 0 of {seeds}" * (seeds > 1)
-    arch = ((report.runs.get("rter") or {}).get("args") or {}).get("arch", "?")
-    base = report.evaluation("dual_pretrained", "pgd", 0.7) or {}  # Figure 7's dashed level
-    jt, data = [(f"JTDMoE alpha {a}", f"jtdmoe_a{a}") for a in ("0.5", "0.6", "0.7", "0.8")], {}
-    for name, title, series in (  # SA and RA per epoch
-            ("fig2", "Figure 2: AT vs RT-ER per epoch | preset {p}", [("AT", "at"), ("RT-ER", "rter")]),
-            ("fig4", "Figure 4 (paper: ViT-small experts on TinyImageNet): AT vs RT-ER per epoch | preset {p}, "
-                     "{arch} experts", [("AT", "at"), ("RT-ER", "rter")]),
-            ("fig5", "Figure 5: TRADES / AdvMoE / RT-ER per epoch | preset {p}",
-             [("TRADES", "trades"), ("AdvMoE", "advmoe"), ("RT-ER", "rter")]),
-            ("fig7", "Figure 7: JTDMoE per epoch, alpha 0.5-0.8 | preset {p}", jt)):
-        panels = []
-        for key in ("sa", "ra"):
-            lines = []
-            for label, run in series:
-                log = [r for r in (report.runs.get(run) or {}).get("log") or [] if finite(r.get("epoch"))
-                       and finite(r.get(key))]
-                lines += line([(r["epoch"], r[key]) for r in log], marker="o" if len(log) < 15 else None, label=label)
-            if name == "fig7" and finite(base.get(key)):
-                lines.append(("axhline", (base[key],), dict(color="green", linestyle="--", label=f"pre-trained dual, "
-                                                            f"alpha 0.7 (PGD-{base.get('steps')}, n={base.get('n')})")))
-            panels.append(panel(lines, f"{key.upper()} per epoch", "epoch", f"{key.upper()} (accuracy %)"))
-        args = [a for a in ((report.runs.get(run) or {}).get("args") for _, run in series) if a and "eps" in a][:1]
-        setting = "".join(f"eps {fmt_eps(a['eps'], report.preset)}, RA: PGD-{a.get('eval_steps', '?')} on "
-                          f"{a.get('eval_n') or 'all'} test points (per-epoch evaluation)" for a in args)
-        data[name] = draw(os.path.join(out, f"{name}.png"), title.format(p=p, arch=arch) + "\n" + (
-            setting or "no run yet") + ("; dashed: pre-trained dual at alpha 0.7 (eval.py)" * (name == "fig7")), panels)
-    for name, attack, alphas in (("fig3", "pgd", (0.7, 0.8, 0.9)), ("fig6", "aa", (0.7,))):  # the dual model vs alpha
-        ev = report.runs.get("dual_pretrained", {}).get("evals", {}).get(EVAL_NAME.format(attack)) or {}
-        rows = sorted((r for r in ev.get("rows", []) if finite(r.get("alpha"))), key=lambda r: r["alpha"])
-        paper = PAPER["table3" if attack == "pgd" else "table4"].get(report.paper_ds or "")  # its dual-model rows
-        points = paper and {a: dict(zip(("sa", "ra", "ra_rmoe", "ra_smoe"), paper[f"dual_{a}" if attack == "pgd"
-                                                                                  else "pretrained"])) for a in alphas}
-        panels = []
-        for title, metrics, ylabel in (("clean accuracy", DUAL[:1], "SA (accuracy %)"), (
-                "under attack on the dual / robust / standard MoE", DUAL[1:], "robust accuracy %")):
-            lines = []
-            for i, (label, key) in enumerate(metrics):  # the paper's in the same colour as ours
-                ours = line([(r["alpha"], r[key]) for r in rows if finite(r.get(key))], marker="o", color=f"C{i}",
-                            label=f"{label} (ours)")
-                lines += ours + line([(a, v[key]) for a, v in (points or {}).items()] * bool(ours), linestyle="none",
-                                     marker="s", fillstyle="none", color=f"C{i}", label=f"{label} (paper)")
-            panels.append(panel(lines, title, "alpha (weight of the robust MoE)", ylabel, xlim=(0.45, 1.05)))
-        what = f"AutoAttack {ev.get('aa_version') or '(standard)'}" if attack == "aa" else f"PGD-{ev.get('steps', '?')}"
-        data[name] = draw(os.path.join(out, f"{name}.png"), f"Figure {name[3:]}: pre-trained dual model (ST + RT-ER) "
-                          f"vs alpha | preset {p}\n{what}, eps {fmt_eps(ev.get('eps'), report.preset)}, "
-                          f"n={ev.get('n', NA)} test points", panels)
-    shares = data["routing"] = {}  # each run's last per-epoch expert usage
-    for run, rec in sorted(report.runs.items()):
-        last = [r for r in rec["log"] or [] if finite(r.get("usage_0"))][-1:]
-        if last:
-            usage = sorted((k for k in last[0] if k.startswith("usage_")), key=lambda k: int(k[6:]))
-            shares[run] = [100 * last[0][k] for k in usage]
-    widest = max(shares.values(), key=len, default=[])  # its bars name the experts in the legend
-    bars = [("barh", (i, share), dict(left=sum(row[:e]), color=f"C{e}", label=f"expert {e}" if row is widest else None))
-            for i, row in enumerate(shares.values()) for e, share in enumerate(row)]
-    bars += [("set_yticks", (range(len(shares)), list(shares)), {}), ("invert_yaxis", (), {})] if shares else []
-    legend = dict(fontsize=8, ncol=len(widest), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    draw(os.path.join(out, "routing.png"), f"Expert usage at each run's last evaluation | preset {p}\n(a collapsed "
-         "router sends every point to one expert)", [panel(bars, "", "share of clean test points routed to each expert "
-         "as top-1 (%)", "run", legend, xlim=(0, 100))], size=(8, 2.2 + 0.3 * max(len(shares), 1)))
-    return data
+TABLES.update(ADVMOE_TABLES)  # Tables A1, A2 (the AdvMoE appendix): their specs and block drawer live there
 
 def clean(value):  # a JSON-safe copy: NaN / inf become null (eval.py writes NaN for a class without test points)
     if isinstance(value, float):
@@ -445,7 +280,7 @@ def clean(value):  # a JSON-safe copy: NaN / inf become null (eval.py writes NaN
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("preset", choices=["digits", "cifar10", "tinyimagenet", "imagenet"])
+    ap.add_argument("preset", choices=["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"])
     ap.add_argument("--runs", help="runs folder (default runs/<preset>, with --quick runs/<preset>-quick)")
     ap.add_argument("--out", help="results folder (default RUNS/results; the committed results/ stays as it is)")
     ap.add_argument("--quick", action="store_true", help="the runs are a run_all.sh --quick smoke run")
@@ -467,7 +302,8 @@ def main(argv=None):
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(clean(blob), f, indent=1, sort_keys=True, allow_nan=False, default=str)
     claims.write(report.runs, out)
-    print(f"wrote {out}: table1-10.md, claims.md, attacks.md, fig2-7.png, routing.png, results.json")
+    print(f"wrote {out}: table1-10.md, tableA1-A2.md, claims.md, attacks.md, fig2-7.png, figA2.png, routing.png, "
+          "results.json")
     for p in problems:
         print(f"warning: {p}")
 

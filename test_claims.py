@@ -82,3 +82,19 @@ def test_a_constant_side_is_compared_point_by_point():
     runs = {"rter_b9": {"evals": {"eval_pgd": evaluation("pgd", range(10), clean=[1] + [0] * 9, whole=[0] * 10)}}}
     judged = claims.judge(runs, "pgd", 20.0, ("rter_b9", "clean"))
     assert judged["difference"] == pytest.approx(10.0) and judged["points"] == 10
+
+
+def test_the_advmoe_claims_are_judged_under_pgd_and_the_worst_case_with_autoattack():
+    def run(pgd, aa):  # MoE-CNN runs: whole-model outcomes only, under PGD and AutoAttack
+        return {"evals": {f"eval_{attack}": evaluation(attack, range(100), clean=[1] * 100, whole=[1] * k + [0] * (
+            100 - k)) for attack, k in (("pgd", pgd), ("aa", aa))}}
+    runs = {"a1_advmoe": run(60, 50), "a1_moe": run(40, 30), "a1_sdense": run(70, 45)}
+    _, records = claims.claims_table(runs)
+    judged = {(r["claim"], r["attack"]): r for r in records if "(Table A1)" in r["claim"]}
+    moe, sdense, sparse = (f"AdvMoE beats AT ({b}) in RA (Table A1)" for b in ("MoE", "S-Dense", "Sparse"))
+    assert set(judged) == {(c, a) for c in (moe, sdense, sparse) for a in ("pgd", "worst")}
+    assert judged[moe, "pgd"]["difference"] == pytest.approx(20.0) and judged[moe, "pgd"]["verdict"] == "holds"
+    # PGD says S-Dense is ahead; AutoAttack breaks it more, so on the worst case AdvMoE leads
+    assert judged[sdense, "pgd"]["verdict"] == "contradicted"
+    assert judged[sdense, "worst"]["difference"] == pytest.approx(5.0) and judged[sdense, "worst"]["points"] == 100
+    assert judged[sparse, "pgd"]["verdict"] == judged[sparse, "worst"]["verdict"] == "n/a"  # not run
