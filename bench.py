@@ -5,6 +5,10 @@
   rter_shared / at      RT-ER step (--kl-attack shared) over the AT step, PGD-K; goal <= 1.25
   rter_separate / at    RT-ER step (--kl-attack separate) over the AT step, PGD-K; goal <= 2.2
   RT-ER images/s and projected seconds per CIFAR-10-sized epoch (50,000 images); goal <= 60 s on one H100
+With an MoE-CNN arch (moe_cnn.py; --scale r, default 0.5), the cost of AdvMoE's pathway MoE instead, one train step
+each (CE, SGD):
+  moe_cnn / s_dense     MoE-CNN (E experts, rows grouped by expert) over the dense network of width r
+  masked / pathway      the same MoE-CNN computed in masked form (every expert on every row) over the pathway
 
 Cases run interleaved, one of each per round (order reversed every other round, so slow drift hits all of
 them alike); each time is one full train step (loss, backward, Adam) between device synchronisations;
@@ -14,6 +18,7 @@ and --compile compiles each expert (expert.compile(dynamic=True), as train_commo
 
   python bench.py                          # resnet18 experts, the GPU when there is one
   python bench.py --device cpu --arch cnn  # seconds: a quick check with the small CNN on 8x8 inputs
+  python bench.py --arch moe_resnet18      # the MoE-CNN's pathway against the dense network of width r
 """
 import argparse
 import json
@@ -33,13 +38,21 @@ import train_common as tc
 from checkpoint import atomic_write
 from cli import ArgumentParser, markdown_table, number, pick_device, run_main
 from moe import Normalize, build_expert, build_moe, st_loss
+from moe_cnn import build_moe_cnn
 from losses import at_loss, rter_loss
 
 EPOCH_IMAGES = 50_000  # CIFAR-10 training set
 GOALS = {"moe_over_single": 1.10, "rter_shared_over_at": 1.25, "rter_separate_over_at": 2.2}
 EPOCH_GOAL_S = 60.0  # PGD-10 RT-ER on one H100
-SHAPES = {"resnet18": ("cifar10", (3, 32, 32)), "cnn": ("digits", (1, 8, 8))}  # dataset whose mean/std we use
-CASES = ("single", "moe", "at", "rter_shared", "rter_separate")
+SHAPES = {"resnet18": ("cifar10", (3, 32, 32)), "cnn": ("digits", (1, 8, 8)),  # dataset whose mean/std we use
+          "moe_resnet18": ("cifar10", (3, 32, 32)), "moe_wrn28_10": ("cifar10", (3, 32, 32)),
+          "moe_cnn": ("digits", (1, 8, 8))}
+# per family: the ratios, each (label, numerator case, denominator case); the cases are the ratios' terms
+RATIOS = {"moe": {"moe_over_single": ("MoE top-1 step / single {arch} step", "moe", "single"),
+                  "rter_shared_over_at": ("RT-ER (shared) step / AT step", "rter_shared", "at"),
+                  "rter_separate_over_at": ("RT-ER (separate) step / AT step", "rter_separate", "at")},
+          "moe_cnn": {"moe_cnn_over_s_dense": ("MoE-CNN step / dense width-r step", "moe_cnn", "s_dense"),
+                      "masked_over_pathway": ("masked MoE-CNN step / pathway step", "moe_cnn_masked", "moe_cnn")}}
 
 
 def parse_args(argv=None):
@@ -47,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--arch", default="resnet18", choices=list(SHAPES), help="cnn: 1x8x8 inputs, a quick CPU check")
     p.add_argument("--experts", type=number(int, 2), default=4, help="experts E of the MoE (top-1 routing)")
+    p.add_argument("--scale", type=number(float, 0, 1), default=0.5, help="MoE-CNN archs: model scale r")
     p.add_argument("--bs", type=number(int, 1), default=None, help="batch size (default 128 on GPU, 32 on CPU)")
     p.add_argument("--warmup", type=number(int, 0), default=None, help="untimed rounds first (default per device)")
     p.add_argument("--iters", type=number(int, 1), default=None, help="timed rounds (default per device and arch)")
@@ -67,8 +81,8 @@ def parse_args(argv=None):
     # CPU defaults keep a resnet18 run short: a PGD-10 RT-ER step of 4 resnet18 experts at bs 32 takes
     # tens of seconds on 2 cores; the cnn case is cheap, so it gets more rounds.
     gpu_warmup = 10 if args.compile else 3  # compile: first steps trace train / eval modes and row counts
-    default_rounds = {(True, "resnet18"): (gpu_warmup, 20), (True, "cnn"): (gpu_warmup, 30),
-                      (False, "resnet18"): (1, 2), (False, "cnn"): (2, 8)}[(gpu, args.arch)]
+    small = args.arch in ("cnn", "moe_cnn", "moe_resnet18")  # no PGD in the MoE-CNN cases: cheap enough
+    default_rounds = (gpu_warmup, 30 if small else 20) if gpu else ((2, 8) if small else (1, 2))
     args.bs = args.bs if args.bs is not None else (128 if gpu else 32)
     args.warmup = args.warmup if args.warmup is not None else default_rounds[0]
     args.iters = args.iters if args.iters is not None else default_rounds[1]
@@ -120,6 +134,18 @@ def build_cases(args, device):
     dataset, shape = SHAPES[args.arch]
     info = data.dataset_info(dataset)
     torch.manual_seed(args.seed)
+    if args.arch.startswith("moe_"):  # AdvMoE's MoE-CNN, SGD as in its appendix (a small lr keeps the routing still)
+        build = lambda e: tc.prepare_model(build_moe_cnn(args.arch, e, args.scale, info.num_classes, shape,  # noqa
+                                                         info.mean, info.std), device, args.channels_last)
+        dense, moe = build(1), build(args.experts)
+        with torch.no_grad():  # a fresh router sends random pixels to one expert: spread them, as training would
+            last = moe.router.net[-1].weight
+            last.normal_(0, 100.0).sub_(last.mean(1, keepdim=True))
+        opts = {id(m): torch.optim.SGD(m.parameters(), 1e-4, momentum=0.9, weight_decay=5e-4) for m in (dense, moe)}
+        return {"s_dense": (dense, opts[id(dense)], lambda x, y: F.cross_entropy(dense(x), y)),
+                "moe_cnn": (moe, opts[id(moe)], lambda x, y: F.cross_entropy(moe(x), y)),
+                "moe_cnn_masked": (moe, opts[id(moe)], lambda x, y: F.cross_entropy(
+                    moe.forward_with_routing(x, masked=True)[0], y))}, moe, info, shape
     moe = build_moe(args.arch, args.experts, 1, info.num_classes, shape, info.mean, info.std)
     moe = tc.prepare_model(moe, device, args.channels_last, args.compile)
     expert = build_expert(args.arch, info.num_classes, shape[0], shape[1])
@@ -164,7 +190,9 @@ def run_bench(args, device) -> dict:
         batches.append((x, y.to(device)))
     for model in {id(m): m for m, _, _ in cases.values()}.values():
         model.train()
-    times = {name: [] for name in CASES}
+    family = "moe_cnn" if args.arch.startswith("moe_") else "moe"
+    names = list(cases)
+    times = {name: [] for name in names}
     rounds = args.warmup + args.iters
     t_start = time.perf_counter()
     from tqdm import tqdm
@@ -172,7 +200,7 @@ def run_bench(args, device) -> dict:
     bar = tqdm(range(rounds), desc="bench rounds", file=sys.stderr, disable=not tty)
     for r in bar:
         x, y = batches[r % len(batches)]
-        order = CASES if r % 2 == 0 else CASES[::-1]
+        order = names if r % 2 == 0 else names[::-1]
         phase = "warmup" if r < args.warmup else "timed"
         for name in order:
             model, opt, loss_fn = cases[name]
@@ -192,22 +220,19 @@ def run_bench(args, device) -> dict:
     with torch.no_grad(), autocast():
         usage = torch.bincount(moe.gates(batches[0][0]).argmax(1), minlength=moe.num_experts)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    ratios = {"moe_over_single": med["moe"] / med["single"],
-              "rter_shared_over_at": med["rter_shared"] / med["at"],
-              "rter_separate_over_at": med["rter_separate"] / med["at"]}
-    rter = {}
-    for kind in ("shared", "separate"):
-        ips = args.bs / med[f"rter_{kind}"]
-        rter[kind] = {"images_per_s": ips, "epoch_s": EPOCH_IMAGES / ips}
+    ratios = {key: med[top] / med[bottom] for key, (_, top, bottom) in RATIOS[family].items()}
+    rter = {kind: {"images_per_s": args.bs / med[f"rter_{kind}"], "epoch_s": EPOCH_IMAGES * med[f"rter_{kind}"] / args.bs}
+            for kind in ("shared", "separate") if f"rter_{kind}" in med}
     return {
         "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "settings": {k: getattr(args, k) for k in ("arch", "experts", "bs", "warmup", "iters", "steps", "amp",
                                                    "channels_last", "compile", "seed")}
-        | {"topk": 1, "optimizer": "adam", "input_shape": list(shape), **RTER},
+        | ({"scale": args.scale, "optimizer": "sgd"} if family == "moe_cnn" else {"optimizer": "adam", **RTER})
+        | {"topk": 1, "input_shape": list(shape)},
         "cases": {name: {"median_s": med[name], "min_s": min(times[name]), "times_s": times[name],
-                         "images_per_s": args.bs / med[name]} for name in CASES},
-        "ratios": ratios, "goals": GOALS,
+                         "images_per_s": args.bs / med[name]} for name in names},
+        "ratios": ratios, "goals": {k: v for k, v in GOALS.items() if k in ratios},
         "rter_epoch": rter, "epoch_images": EPOCH_IMAGES, "epoch_goal_s": EPOCH_GOAL_S,
         "routing_usage_last": usage.tolist(),
         "max_memory_gib": (torch.cuda.max_memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None,
@@ -222,18 +247,19 @@ def fmt(v: float) -> str:
 def markdown(res: dict) -> str:
     s, k = res["settings"], res["settings"]["steps"]
     arch = "ResNet18" if s["arch"] == "resnet18" else s["arch"]
+    what = f"r = {s['scale']}, no attack" if "scale" in s else f"PGD-{k}"
     lines = [
         f"device: {res['device_name']} ({res['device']}), torch {res['torch']}, {res['threads']} threads, "
         f"load average {res.get('load_average_start')} -> {res.get('load_average_end')}",
-        f"arch {s['arch']}, E = {s['experts']}, top-1, bs {s['bs']}, PGD-{k}, amp {s['amp']}, "
+        f"arch {s['arch']}, E = {s['experts']}, top-1, {what}, bs {s['bs']}, amp {s['amp']}, "
         f"channels_last {s['channels_last']}, compile {s['compile']}, {s['warmup']} warmup + {s['iters']} timed "
         f"rounds (median), wall {res['wall_s']:.0f} s",
     ]
-    ratios = [[label, f"{res['ratios'][key]:.2f}", f"<= {res['goals'][key]}"] for key, label in (
-        ("moe_over_single", f"MoE top-1 step / single {arch} step"),
-        ("rter_shared_over_at", "RT-ER (shared) step / AT step"),
-        ("rter_separate_over_at", "RT-ER (separate) step / AT step"))]
-    for kind in ("shared", "separate"):
+    family = "moe_cnn" if s["arch"].startswith("moe_") else "moe"
+    ratios = [[label.format(arch=arch), f"{res['ratios'][key]:.2f}",
+               f"<= {res['goals'][key]}" if key in res["goals"] else ""]
+              for key, (label, _, _) in RATIOS[family].items()]
+    for kind in res["rter_epoch"]:
         r = res["rter_epoch"][kind]
         ratios += [[f"PGD-{k} RT-ER ({kind}) images/s", fmt(r["images_per_s"]), ""],
                    [f"PGD-{k} RT-ER ({kind}) s per {res['epoch_images']:,}-image epoch", fmt(r["epoch_s"]),
@@ -251,7 +277,7 @@ def markdown(res: dict) -> str:
 def main(argv=None):
     args, device = parse_args(argv)
     print(f"bench: {device_name(device)} ({device}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"arch {args.arch}, bs {args.bs}, {args.warmup} warmup + {args.iters} timed rounds of {len(CASES)} cases",
+          f"arch {args.arch}, bs {args.bs}, {args.warmup} warmup + {args.iters} timed rounds",
           flush=True)
     load_start = load_average()
     cores = os.cpu_count() or 1

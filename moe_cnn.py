@@ -109,10 +109,10 @@ class Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_in if preact else w)
         self.conv2 = RoutedConv(w, w, experts, 3, 1)
         self.bn2 = nn.BatchNorm2d(w)
-        self.shortcut = None
-        if shortcut:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, w, 1, stride, bias=False),
-                                          *([] if preact else [nn.BatchNorm2d(w)]))
+        self.shortcut, self.stride = None, stride
+        if shortcut:  # its stride is taken by subsampling: a strided 1x1 convolution in channels_last with odd
+            # channel counts corrupts the heap in torch 2.14's CPU backward (seen at 6 -> 13 channels)
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, w, 1, bias=False), *([] if preact else [nn.BatchNorm2d(w)]))
         self.inner = None  # set by MoECNN when pruned
 
     def forward(self, x, route, stream=keep_all, stream_in=keep_all):
@@ -121,10 +121,12 @@ class Block(nn.Module):
             a = stream_in(F.relu(self.bn1(x)))
             out = inner(F.relu(self.bn2(self.conv1(a, route))))
             out = stream(self.conv2(out, route))
-            return out + (stream(self.shortcut(a)) if self.shortcut is not None else x)
+            return out + (stream(self.shortcut(a[:, :, ::self.stride, ::self.stride])) if self.shortcut is not None
+                          else x)
         out = F.relu(inner(self.bn1(self.conv1(x, route))))
         out = stream(self.bn2(self.conv2(out, route)))
-        return F.relu(out + (stream(self.shortcut(x)) if self.shortcut is not None else x))
+        return F.relu(out + (stream(self.shortcut(x[:, :, ::self.stride, ::self.stride])) if self.shortcut is not None
+                             else x))
 
 
 class Router(nn.Module):

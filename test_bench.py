@@ -29,3 +29,17 @@ def test_bench_bad_input_is_one_line(tmp_path):
                            str(tmp_path / "b.json")], cwd=HERE, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_bench_moe_cnn_cpu(tmp_path):
+    """The MoE-CNN family: its pathway and masked steps against the dense network of width r, no attack cases."""
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--arch", "moe_cnn", "--device", "cpu", "--bs", "16",
+           "--iters", "2", "--warmup", "1", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert set(res["cases"]) == {"s_dense", "moe_cnn", "moe_cnn_masked"} and res["rter_epoch"] == {}
+    assert all(math.isfinite(v) and v > 0 for v in res["ratios"].values()) and len(res["ratios"]) == 2
+    assert sum(res["routing_usage_last"]) == 16 and max(res["routing_usage_last"]) < 16  # rows spread over experts
+    assert "| MoE-CNN step / dense width-r step" in proc.stdout and "r = 0.5, no attack" in proc.stdout

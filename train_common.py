@@ -307,6 +307,7 @@ class Run:
         if not math.isfinite(value):
             self.diverged(f"{name} became {value} at epoch {self.epoch + 1}, step {self.step + 1}")
         backward_and_step(loss, model, optimizers, self.world)
+        self.stepped = optimizers[0]  # the log's lr is this one's (AT (Sparse) steps one stage's optimiser at a time)
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0) + 1
         return value
@@ -314,7 +315,8 @@ class Run:
     def end_epoch(self, epoch: int) -> dict:
         """Evaluate when due, then write checkpoint (with the whole log inside) and log.csv; returns the log row."""
         a = self.args
-        row = {"epoch": epoch + 1, "lr": next(iter(self.optimizers.values())).param_groups[0]["lr"],
+        lr_of = getattr(self, "stepped", None) or next(iter(self.optimizers.values()))
+        row = {"epoch": epoch + 1, "lr": lr_of.param_groups[0]["lr"],
                **{k: v / self.counts[k] for k, v in self.sums.items()},
                "train_seconds": round(time.time() - self.t0, 2)}
         if self.is_main and ((epoch + 1) % a.eval_every == 0 or epoch + 1 == a.epochs):
