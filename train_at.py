@@ -59,9 +59,9 @@ def main(argv=None):
         for i, (x, y) in enumerate(run.batches(epoch)):
             with run.autocast():
                 if args.method == "trades":
-                    loss = trades_loss(model, x, y, *attack, args.trades_beta, args.balance)
+                    loss = run.loss(trades_loss, model, x, y, *attack, args.trades_beta, args.balance)
                 else:
-                    loss = at_loss(model, x, y, *attack, args.balance)
+                    loss = run.loss(at_loss, model, x, y, *attack, args.balance)
             if args.method == "advmoe":  # AdvMoE: router and experts updated on different mini-batches
                 step = epoch * len(run.loader) + i
                 part = "router" if step % 2 == 0 else "experts"

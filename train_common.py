@@ -165,20 +165,24 @@ def prepare_model(model: torch.nn.Module, device, channels_last: bool = False, c
     return model
 
 
-def backward_and_step(loss, model, optimizers, world: int = 1) -> None:
-    """Clear every gradient of model, backward, average gradients over processes, step each optimiser."""
+def backward_and_step(loss, model, optimizers) -> None:
+    """Clear every gradient of model, backward (under DDP: gradients averaged over the processes), step each one."""
     model.zero_grad(set_to_none=True)
     loss.backward()
-    if world > 1:  # unused experts get zero gradients, so every process reduces the same shapes
-        for opt in optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
     for opt in optimizers:
         opt.step()
+
+
+class LossOf(torch.nn.Module):
+    """Lets DDP see a loss that a function of the model computes: DDP(LossOf(model))(fn, *args) = fn(*args), so that
+    the losses keep calling the model's own methods (gates, component views) and DDP still averages the gradients."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- one training run
@@ -189,7 +193,8 @@ class Run:
     def __init__(self, args):
         self.args, self.rank, self.world = args, 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if not dist.is_initialized():  # a second Run in the same process joins the same group
+                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)) if self.world > 1 else None)
         torch.manual_seed(args.seed + self.rank)
@@ -202,7 +207,7 @@ class Run:
         x_test, y_test = data.test_subset(self.test_set, args.eval_n)
         self.x_test, self.y_test = x_test.to(self.device), y_test.to(self.device)
         self.ckpt_path, self.log_path = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "log.csv")
-        self.rows, self.epoch, self.step, self.saved_epoch = [], 0, 0, 0
+        self.rows, self.epoch, self.step, self.saved_epoch, self.ddp = [], 0, 0, 0, None
 
     @property
     def is_main(self) -> bool:
@@ -228,9 +233,11 @@ class Run:
             start = self.restore()
         elif a.resume:
             print(f"no checkpoint in {a.out}: starting a new run")
-        if self.world > 1:  # every process starts from rank 0's weights (each seeded its own init)
-            for tensor in model.state_dict().values():
-                dist.broadcast(tensor, 0)
+        if self.world > 1:  # DDP starts every process from rank 0's weights (each seeded its own init). Top-k routing
+            # leaves experts without gradient in a step: find_unused_parameters marks them ready (DDP's own way)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                LossOf(model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         if self.is_main:
             if start < a.epochs:  # what was measured on the old weights no longer describes the run
                 for pattern in STALE_ONCE_TRAINED:
@@ -301,12 +308,17 @@ class Run:
             yield x, y
             bar.set_postfix(loss=f"{self.sums.get('loss', 0.0) / max(self.counts.get('loss', 1), 1):.3f}")
 
+    def loss(self, fn, *args, **kwargs) -> torch.Tensor:
+        """fn(*args, **kwargs), a loss of the model; under torchrun computed inside DDP, which averages its gradients
+        in the backward pass. Attacks inside fn differentiate w.r.t. the input only: nothing is synchronised there."""
+        return self.ddp(fn, *args, **kwargs) if self.ddp is not None else fn(*args, **kwargs)
+
     def update(self, loss: torch.Tensor, model, *optimizers, name: str = "loss") -> float:
         """One step: refuse a non-finite loss, clear every gradient of model, backward, average over processes, step."""
         value = loss.item()
         if not math.isfinite(value):
             self.diverged(f"{name} became {value} at epoch {self.epoch + 1}, step {self.step + 1}")
-        backward_and_step(loss, model, optimizers, self.world)
+        backward_and_step(loss, model, optimizers)
         self.stepped = optimizers[0]  # the log's lr is this one's (AT (Sparse) steps one stage's optimiser at a time)
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -315,11 +327,15 @@ class Run:
     def end_epoch(self, epoch: int) -> dict:
         """Evaluate when due, then write checkpoint (with the whole log inside) and log.csv; returns the log row."""
         a = self.args
+        sums = {k: torch.tensor([self.sums[k], self.counts[k]], dtype=torch.float64) for k in sorted(self.sums)}
+        if self.world > 1:  # the epoch's mean losses over every process's batches
+            for pair in sums.values():
+                dist.all_reduce(pair)
         lr_of = getattr(self, "stepped", None) or next(iter(self.optimizers.values()))
         row = {"epoch": epoch + 1, "lr": lr_of.param_groups[0]["lr"],
-               **{k: v / self.counts[k] for k, v in self.sums.items()},
+               **{k: (pair[0] / pair[1]).item() for k, pair in sums.items()},
                "train_seconds": round(time.time() - self.t0, 2)}
-        if self.is_main and ((epoch + 1) % a.eval_every == 0 or epoch + 1 == a.epochs):
+        if (epoch + 1) % a.eval_every == 0 or epoch + 1 == a.epochs:  # every process attacks its share
             row.update(self.evaluate(self.model))
         if self.is_main:
             self.rows.append(row)
@@ -335,20 +351,37 @@ class Run:
             dist.barrier()
         return row
 
-    def evaluate(self, model) -> dict:
-        """SA and PGD RA on the test subset, plus top-1 expert usage of each MoE on clean inputs."""
+    def evaluate_points(self, model, bs: int = 256):
+        """Per test point (clean correct, correct under PGD on the whole model), in test-subset order. The batches are
+        shared out over the processes and gathered; batch b's random start is seeded by b alone, so any number of
+        processes gives the numbers of one."""
         a = self.args
-        with self.autocast():
-            sa = clean_correct(model, self.x_test, self.y_test).float().mean().item()
-            ra = evaluate_attack(model, self.x_test, self.y_test, "whole", "pgd", a.eps, a.step_size,
-                                 a.eval_steps)[0].float().mean().item()
-            metrics = {"sa": 100 * sa, "ra": 100 * ra}
-            moes = {"std_": model.std, "rob_": model.rob} if isinstance(model, DualMoE) else {"": model}
-            with torch.no_grad():
-                for prefix, moe in ((p, m) for p, m in moes.items() if m.num_experts > 1):
-                    counts = torch.bincount(moe.gates(self.x_test).argmax(1), minlength=moe.num_experts)
-                    for i, c in enumerate(counts.tolist()):
-                        metrics[f"{prefix}usage_{i}"] = round(c / len(self.x_test), 4)
+        starts = list(range(0, len(self.x_test), bs))
+        mine = {}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), self.autocast():
+            for b in starts[self.rank::self.world]:
+                torch.manual_seed(a.seed * 1_000_003 + b)
+                x, y = self.x_test[b:b + bs], self.y_test[b:b + bs]
+                robust = evaluate_attack(model, x, y, "whole", "pgd", a.eps, a.step_size, a.eval_steps, bs)[0]
+                mine[b] = (clean_correct(model, x, y).cpu(), robust.cpu())
+        parts = [mine]
+        if self.world > 1:
+            parts = [None] * self.world
+            dist.all_gather_object(parts, mine)
+        found = {b: v for part in parts for b, v in part.items()}
+        assert sorted(found) == starts and sum(map(len, parts)) == len(starts), "a test batch went missing or twice"
+        return tuple(torch.cat([found[b][i] for b in starts]) for i in (0, 1))
+
+    def evaluate(self, model) -> dict:
+        """SA and PGD RA on the test subset (sharded over the processes), plus top-1 expert usage of each MoE."""
+        clean, robust = self.evaluate_points(model)
+        metrics = {"sa": 100 * clean.float().mean().item(), "ra": 100 * robust.float().mean().item()}
+        moes = {"std_": model.std, "rob_": model.rob} if isinstance(model, DualMoE) else {"": model}
+        with torch.no_grad(), self.autocast():
+            for prefix, moe in ((p, m) for p, m in moes.items() if m.num_experts > 1):
+                counts = torch.bincount(moe.gates(self.x_test).argmax(1), minlength=moe.num_experts)
+                for i, c in enumerate(counts.tolist()):
+                    metrics[f"{prefix}usage_{i}"] = round(c / len(self.x_test), 4)
         return metrics
 
     def diverged(self, message: str):

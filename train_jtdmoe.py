@@ -48,10 +48,10 @@ def main(argv=None):
         dual.train()
         for x, y in run.batches(epoch):
             with run.autocast():
-                lower_loss = rter_loss(dual.rob, x, y, **settings)
+                lower_loss = run.loss(rter_loss, dual.rob, x, y, **settings)
             run.update(lower_loss, dual, lower, name="lower_loss")
             with run.autocast():
-                upper_loss = dual_loss(dual, x, y)
+                upper_loss = run.loss(dual_loss, dual, x, y)
             run.update(upper_loss, dual, upper)
             for s in scheds.values():
                 s.step()

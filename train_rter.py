@@ -40,7 +40,7 @@ def main(argv=None):
         model.train()
         for x, y in run.batches(epoch):
             with run.autocast():
-                loss = rter_loss(model, x, y, **settings)
+                loss = run.loss(rter_loss, model, x, y, **settings)
             run.update(loss, model, opt)
             sched.step()
         run.end_epoch(epoch)

@@ -14,7 +14,7 @@ def main(argv=None):
         model.train()
         for x, y in run.batches(epoch):
             with run.autocast():
-                loss = st_loss(model, x, y, args.balance)
+                loss = run.loss(st_loss, model, x, y, args.balance)
             run.update(loss, model, opt)
             sched.step()
         run.end_epoch(epoch)
