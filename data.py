@@ -1,4 +1,5 @@
-"""Datasets and loaders: digits (offline), cifar10, cifar100, tinyimagenet, imagenet.
+"""Datasets and loaders: digits (offline), cifar10, cifar100, tinyimagenet, imagenet, and synthetic_cifar10 /
+synthetic_tinyimagenet (random images of the real shapes and sizes: paper-shaped speed runs with no download).
 Images come out as pixels in [0, 1].
 
 Small datasets are held as uint8 tensors and augmented on the device (random crop with padding, flip);
@@ -30,6 +31,10 @@ DATASETS = {
     "tinyimagenet": DatasetInfo(200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 2 / 255, 8, True),
     "imagenet": DatasetInfo(1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 2 / 255, 0, True),
 }
+# name: (the real dataset it stands in for, training images, test images); nothing can be learned from them
+SYNTHETIC = {"synthetic_cifar10": ("cifar10", 50_000, 10_000), "synthetic_tinyimagenet": ("tinyimagenet", 100_000,
+                                                                                         10_000)}
+DATASETS.update({name: DATASETS[real] for name, (real, _, _) in SYNTHETIC.items()})
 TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
@@ -67,6 +72,17 @@ def load_digits_split():
     y = torch.tensor(digits.target, dtype=torch.long)
     train_idx, test_idx = train_test_split(range(len(y)), test_size=0.2, stratify=digits.target, random_state=0)
     return (ImageTensors(x[train_idx], y[train_idx], 16.0), ImageTensors(x[test_idx], y[test_idx], 16.0))
+
+
+def load_synthetic(name: str):
+    """Uniform random uint8 images and labels, seeded, with a real dataset's shape, classes and size."""
+    real, n_train, n_test = SYNTHETIC[name]
+    info, gen = DATASETS[real], torch.Generator().manual_seed(0)
+
+    def images(n):
+        return ImageTensors(torch.randint(0, 256, (n, *info.shape), dtype=torch.uint8, generator=gen),
+                            torch.randint(0, info.num_classes, (n,), generator=gen))
+    return images(n_train), images(n_test)
 
 
 CIFAR = {"cifar10": ("CIFAR10", "CIFAR-10"), "cifar100": ("CIFAR100", "CIFAR-100")}  # torchvision class, name
@@ -173,6 +189,8 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False):
     dataset_info(name)
     if name == "digits":
         return load_digits_split()
+    if name in SYNTHETIC:
+        return load_synthetic(name)
     if name in CIFAR:
         return load_cifar(name, data_dir, download)
     if name == "tinyimagenet":

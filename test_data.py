@@ -1,4 +1,5 @@
 """data.py: the digits split, the CIFAR-10 / CIFAR-100 / TinyImageNet / ImageNet loaders on tiny files, TensorLoader."""
+import csv
 import pickle
 from pathlib import Path
 
@@ -278,3 +279,24 @@ def test_tensor_loader_without_augmentation_and_drop_last():
     assert torch.equal(got[0][0], id_images(n=20).pixels(torch.arange(8)))
     keep = data.TensorLoader(id_images(n=20), 8, torch.device("cpu"), shuffle=False, drop_last=False)
     assert len(keep) == 3 and sum(len(y) for _, y in keep) == 20
+
+
+def test_synthetic_cifar10_runs_the_pipeline_at_paper_shapes_without_files(tmp_path, monkeypatch):
+    """synthetic_cifar10: CIFAR-10's shape, classes and normalisation from random pixels; train, resume, evaluate."""
+    import eval as evaluate
+    import train_rter
+    monkeypatch.setitem(data.SYNTHETIC, "synthetic_cifar10", ("cifar10", 96, 24))  # the real sizes: 50,000 / 10,000
+    train, test = data.load_dataset("synthetic_cifar10", data_dir=str(tmp_path / "nothing-here"))
+    assert (len(train), len(test)) == (96, 24) and train.x.shape[1:] == (3, 32, 32) and train.x.dtype == torch.uint8
+    assert int(train.y.max()) < 10 and data.dataset_info("synthetic_cifar10") == data.dataset_info("cifar10")
+    again, _ = data.load_dataset("synthetic_cifar10")
+    assert torch.equal(again.x, train.x)  # seeded: every process and every resume sees the same images
+    out = tmp_path / "run"
+    argv = ["--dataset", "synthetic_cifar10", "--arch", "cnn", "--bs", "32", "--eval-n", "16", "--eval-steps", "1",
+            "--steps", "1", "--out", str(out)]
+    train_rter.main(argv + ["--epochs", "1"])
+    train_rter.main(argv + ["--epochs", "2", "--resume"])
+    results = evaluate.main(["--ckpt", str(out / "ckpt.pt"), "--attack", "pgd,aa", "--steps", "2", "--n", "16",
+                             "--aa-n", "8", "--aa-version", "quick"])
+    assert results["pgd"]["n"] == 16 and results["aa"]["n"] == 8 and results["pgd"]["dataset"] == "synthetic_cifar10"
+    assert [int(r["epoch"]) for r in csv.DictReader(open(out / "log.csv"))] == [1, 2]

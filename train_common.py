@@ -37,6 +37,7 @@ DEFAULTS = {
     "tinyimagenet": dict(arch="vit_small", epochs=10, bs=128, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
     "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
 }
+DEFAULTS.update({name: DEFAULTS[real] for name, (real, _, _) in data.SYNTHETIC.items()})  # paper shapes, random pixels
 OPTIMISER = dict(opt="adam", wd=0.0, sched="cyclic")  # the ICML paper's MoE runs
 # MoE-CNN runs (AdvMoE appendix B): SGD momentum 0.9, weight decay 5e-4, lr 0.1, cosine, 100 epochs, batch 128;
 # AT (Sparse) learns its mask for 100 epochs, then fine-tunes for 100
