@@ -5,6 +5,7 @@
   rter_shared / at      RT-ER step (--kl-attack shared) over the AT step, PGD-K; goal <= 1.25
   rter_separate / at    RT-ER step (--kl-attack separate) over the AT step, PGD-K; goal <= 2.2
   RT-ER images/s and projected seconds per CIFAR-10-sized epoch (50,000 images); goal <= 60 s on one H100
+  images/s of PGD-50 evaluation of the MoE (eval.py's attack, no update); peak GPU memory
 With an MoE-CNN arch (moe_cnn.py; --scale r, default 0.5), the cost of AdvMoE's pathway MoE instead, one train step
 each (CE, SGD):
   moe_cnn / s_dense     MoE-CNN (E experts, rows grouped by expert) over the dense network of width r
@@ -39,6 +40,7 @@ from checkpoint import atomic_write
 from cli import ArgumentParser, markdown_table, number, pick_device, run_main
 from moe import Normalize, build_expert, build_moe, st_loss
 from moe_cnn import build_moe_cnn
+from attacks import evaluate_attack
 from losses import at_loss, rter_loss
 
 EPOCH_IMAGES = 50_000  # CIFAR-10 training set
@@ -61,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--arch", default="resnet18", choices=list(SHAPES), help="cnn: 1x8x8 inputs, a quick CPU check")
     p.add_argument("--experts", type=number(int, 2), default=4, help="experts E of the MoE (top-1 routing)")
     p.add_argument("--scale", type=number(float, 0, 1), default=0.5, help="MoE-CNN archs: model scale r")
-    p.add_argument("--bs", type=number(int, 1), default=None, help="batch size (default 128 on GPU, 32 on CPU)")
+    p.add_argument("--bs", type=number(int, 1), default=None, help="batch size (default 512 on GPU, 32 on CPU)")
     p.add_argument("--warmup", type=number(int, 0), default=None, help="untimed rounds first (default per device)")
     p.add_argument("--iters", type=number(int, 1), default=None, help="timed rounds (default per device and arch)")
     p.add_argument("--steps", type=number(int, 0), default=10, help="PGD steps K of the AT and RT-ER attacks")
@@ -83,7 +85,7 @@ def parse_args(argv=None):
     gpu_warmup = 10 if args.compile else 3  # compile: first steps trace train / eval modes and row counts
     small = args.arch in ("cnn", "moe_cnn", "moe_resnet18")  # no PGD in the MoE-CNN cases: cheap enough
     default_rounds = (gpu_warmup, 30 if small else 20) if gpu else ((2, 8) if small else (1, 2))
-    args.bs = args.bs if args.bs is not None else (128 if gpu else 32)
+    args.bs = args.bs if args.bs is not None else (512 if gpu else 32)  # 512: the paper's CIFAR-10 batch
     args.warmup = args.warmup if args.warmup is not None else default_rounds[0]
     args.iters = args.iters if args.iters is not None else default_rounds[1]
     args.amp = gpu if args.amp is None else args.amp
@@ -141,7 +143,8 @@ def build_cases(args, device):
         with torch.no_grad():  # a fresh router sends random pixels to one expert: spread them, as training would
             last = moe.router.net[-1].weight
             last.normal_(0, 100.0).sub_(last.mean(1, keepdim=True))
-        opts = {id(m): torch.optim.SGD(m.parameters(), 1e-4, momentum=0.9, weight_decay=5e-4) for m in (dense, moe)}
+        sgd = argparse.Namespace(opt="sgd", lr=1e-4, wd=5e-4)
+        opts = {id(m): tc.make_optimizer(m.parameters(), sgd) for m in (dense, moe)}
         return {"s_dense": (dense, opts[id(dense)], lambda x, y: F.cross_entropy(dense(x), y)),
                 "moe_cnn": (moe, opts[id(moe)], lambda x, y: F.cross_entropy(moe(x), y)),
                 "moe_cnn_masked": (moe, opts[id(moe)], lambda x, y: F.cross_entropy(
@@ -153,8 +156,8 @@ def build_cases(args, device):
     if args.compile:
         expert.compile(dynamic=True)
     lr = 1e-4  # the paper's peak rate; the value does not change the cost of a step
-    moe_opt = torch.optim.Adam(moe.parameters(), lr)
-    single_opt = torch.optim.Adam(single.parameters(), lr)
+    adam = argparse.Namespace(opt="adam", lr=lr, wd=0.0)
+    moe_opt, single_opt = tc.make_optimizer(moe.parameters(), adam), tc.make_optimizer(single.parameters(), adam)
     attack = (RTER["eps"], RTER["step_size"], args.steps)
     cases = {
         "single": (single, single_opt, lambda x, y: F.cross_entropy(single(x), y)),
@@ -163,15 +166,19 @@ def build_cases(args, device):
         "rter_shared": (moe, moe_opt, lambda x, y: rter_loss(moe, x, y, steps=args.steps, kl_attack="shared", **RTER)),
         "rter_separate": (moe, moe_opt,
                           lambda x, y: rter_loss(moe, x, y, steps=args.steps, kl_attack="separate", **RTER)),
+        "pgd50_eval": (moe, None, lambda x, y: evaluate_attack(moe, x, y, "whole", "pgd", RTER["eps"],
+                                                               RTER["step_size"], 50, len(x))),  # no update
     }
     return cases, moe, info, shape
 
 
 def train_step(model, opt, loss_fn, x, y, autocast) -> None:
-    """One update as the train scripts run it: loss under autocast, then train_common.backward_and_step."""
+    """One update as the train scripts run it: loss under autocast, then train_common.backward_and_step (no
+    optimiser: the case is its function alone, e.g. an evaluation)."""
     with autocast():
         loss = loss_fn(x, y)
-    tc.backward_and_step(loss, model, [opt])
+    if opt is not None:
+        tc.backward_and_step(loss, model, [opt])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -264,6 +271,8 @@ def markdown(res: dict) -> str:
         ratios += [[f"PGD-{k} RT-ER ({kind}) images/s", fmt(r["images_per_s"]), ""],
                    [f"PGD-{k} RT-ER ({kind}) s per {res['epoch_images']:,}-image epoch", fmt(r["epoch_s"]),
                     f"<= {res['epoch_goal_s']:.0f} (PGD-10, one H100)"]]
+    if "pgd50_eval" in res["cases"]:
+        ratios.append(["PGD-50 evaluation images/s (whole MoE)", fmt(res["cases"]["pgd50_eval"]["images_per_s"]), ""])
     cases = [[name, f"{c['median_s']:.4g}", f"{c['min_s']:.4g}", fmt(c["images_per_s"])]
              for name, c in res["cases"].items()]
     lines += ["", markdown_table(["measure", "measured", "goal"], ratios),

@@ -21,7 +21,8 @@ def test_bench_cnn_cpu(tmp_path):
         assert key in res["goals"]
     for kind in ("shared", "separate"):
         assert math.isfinite(res["rter_epoch"][kind]["epoch_s"]) and res["rter_epoch"][kind]["epoch_s"] > 0
-    assert "| MoE top-1 step" in proc.stdout
+    assert "| MoE top-1 step" in proc.stdout and "| PGD-50 evaluation images/s" in proc.stdout
+    assert res["cases"]["pgd50_eval"]["images_per_s"] > 0
 
 
 def test_bench_bad_input_is_one_line(tmp_path):
@@ -43,3 +44,18 @@ def test_bench_moe_cnn_cpu(tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in res["ratios"].values()) and len(res["ratios"]) == 2
     assert sum(res["routing_usage_last"]) == 16 and max(res["routing_usage_last"]) < 16  # rows spread over experts
     assert "| MoE-CNN step / dense width-r step" in proc.stdout and "r = 0.5, no attack" in proc.stdout
+
+
+def test_threads_follow_the_cores_the_load_leaves_free(monkeypatch):
+    import torch
+    from cli import pick_threads
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert pick_threads(cores=2, load=3.1) == 1 and torch.get_num_threads() == 1  # a busy machine: one thread
+        assert pick_threads(cores=2, load=0.2) == 2 and pick_threads(cores=8, load=2.6) == 5
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins
+        torch.set_num_threads(2)
+        assert pick_threads(cores=2, load=3.1) == 2
+    finally:
+        torch.set_num_threads(before)
