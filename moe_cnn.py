@@ -8,13 +8,15 @@ The router learns through the straight-through factor s = 1 + p_e - stopgrad(p_e
 selected group. The stem convolution and the shortcuts are dense (shared by the experts), as in the AdvMoE code.
 E = 1 is the dense network of width r: AT (Dense) at r = 1, AT (S-Dense) at r < 1. AT (Sparse) is the full-width
 network with HYDRA-style structured masks keeping round(r * C) channels of every layer (`prune=r`).
-Stands alone (torch only), so it can be copied into another project.
+Copy it with moe.py (its Normalize layer) into another project: torch only at import.
 """
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from moe import Normalize
 
 # name: (stem width, dense widths of the stages, blocks per stage, pre-activation blocks, pooled size before the head)
 ARCH_CFGS = {
@@ -28,18 +30,6 @@ ARCHS = tuple(ARCH_CFGS)
 def width(channels: int, scale: float) -> int:
     """Channels of one expert (or kept by a sparse mask) at model scale r: round(r * C), at least 1."""
     return max(1, int(round(channels * scale)))
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std per channel, kept as buffers so checkpoints carry them."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
 
 
 class Route(NamedTuple):
