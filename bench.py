@@ -73,6 +73,7 @@ def parse_args(argv=None):
                    help="channels_last memory format for models and data (default on with a GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile each expert (and the single network)")
     p.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--profile", action="store_true", help="then profile one step of each case: where the time goes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON file (default results/bench_<device>[_<arch>].json)")
     args = p.parse_args(argv)
@@ -223,6 +224,8 @@ def run_bench(args, device) -> dict:
                   flush=True)
     bar.close()
     wall = time.perf_counter() - t_start
+    profiles = {name: profile_step(*cases[name], *batches[0], autocast, device) for name in names} if args.profile \
+        else None
 
     with torch.no_grad(), autocast():
         usage = torch.bincount(moe.gates(batches[0][0]).argmax(1), minlength=moe.num_experts)
@@ -241,10 +244,22 @@ def run_bench(args, device) -> dict:
                          "images_per_s": args.bs / med[name]} for name in names},
         "ratios": ratios, "goals": {k: v for k, v in GOALS.items() if k in ratios},
         "rter_epoch": rter, "epoch_images": EPOCH_IMAGES, "epoch_goal_s": EPOCH_GOAL_S,
-        "routing_usage_last": usage.tolist(),
+        "routing_usage_last": usage.tolist(), "profiles": profiles,
         "max_memory_gib": (torch.cuda.max_memory_allocated(device) / 2 ** 30) if device.type == "cuda" else None,
         "wall_s": wall,
     }
+
+
+def profile_step(model, opt, loss_fn, x, y, autocast, device, top: int = 8) -> list:
+    """torch.profiler on one step: the ops that take the most self time, [(op, calls, seconds)]."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_step(model, opt, loss_fn, x, y, autocast)
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [(e.key, e.count, getattr(e, key) / 1e6) for e in events]
 
 
 def fmt(v: float) -> str:
@@ -278,6 +293,9 @@ def markdown(res: dict) -> str:
     lines += ["", markdown_table(["measure", "measured", "goal"], ratios),
               markdown_table(["case", "median s/step", "min s/step", "images/s"], cases)]
     lines.append(f"top-1 expert usage on one batch at the end: {res['routing_usage_last']}")
+    for name, ops in (res.get("profiles") or {}).items():
+        lines += [f"\nprofile of one {name} step (self time):",
+                  markdown_table(["op", "calls", "s"], [[op, calls, f"{sec:.4f}"] for op, calls, sec in ops])]
     if res["max_memory_gib"] is not None:
         lines.append(f"peak GPU memory: {res['max_memory_gib']:.1f} GiB")
     return "\n".join(lines)
