@@ -189,3 +189,16 @@ def test_rter_refuses_the_moe_cnn_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="whole-network experts") as err:
         train_rter.main([*TINY, "--epochs", "1", "--out", str(tmp_path / "x")])
     assert "\n" not in str(err.value)
+
+
+def test_eval_attacks_an_moe_cnn_whole_and_counts_its_gmacs(tmp_path):
+    import eval as evaluate
+    out = tmp_path / "moe"
+    train_at.main([*TINY, "--method", "at", "--epochs", "1", "--out", str(out)])
+    result = evaluate.main(["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--n", "30"])["pgd"]
+    assert set(result["correct"]) == {"clean", "whole"} and result["ra"] <= result["sa"]
+    assert 0 < result["gmacs"]["pathway"] < result["gmacs"]["masked"]
+    for argv, words in ((["--targets", "experts"], "do not fit an MoE-CNN"), (["--attack", "adaptive"], "pgd or aa")):
+        with pytest.raises(ValueError, match=words) as err:
+            evaluate.main(["--ckpt", str(out / "ckpt.pt"), *argv])
+        assert "\n" not in str(err.value)
