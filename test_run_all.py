@@ -124,7 +124,14 @@ def test_quick_digits_end_to_end_then_everything_reused(quick):
 
     # second run: nothing trained or evaluated again, not a file rewritten, identical tables
     before = outputs(runs)
-    assert len(before) == 16 * 2 + 36  # every trained run's checkpoint and marker, every evaluation's JSON
+    for run in A1 + A2_QUICK:  # Table A1: PGD and AutoAttack; Table A2: PGD
+        assert sorted(glob.glob(str(runs / run / "eval_*.json"))) == sorted(
+            str(runs / run / f"eval_{a}.json") for a in (("aa", "pgd") if run in A1 else ("pgd",))), run
+    a1_rows = [line for line in (results / "tableA1.md").read_text().splitlines() if line.startswith("| AT")]
+    assert len(a1_rows) == 4 and not any("n/a" in line for line in a1_rows), a1_rows  # every A1 cell found
+    assert (results / "figA2.png").read_bytes().startswith(PNG) and "tableA2" in blob["tables"]
+    # every trained run's checkpoint and marker, every evaluation's JSON: the paper's runs, then Tables A1 / A2
+    assert len(before) == 16 * 2 + 36 + 10 * 2 + 5 * 2 + 5
     second, took2 = run_all(QUICK, env, tmp_path)
     assert second.returncode == 0, show(second)
     print(f"second quick run: {took2:.1f}s")
