@@ -231,7 +231,8 @@ def run_bench(args, device) -> dict:
         usage = torch.bincount(moe.gates(batches[0][0]).argmax(1), minlength=moe.num_experts)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     ratios = {key: med[top] / med[bottom] for key, (_, top, bottom) in RATIOS[family].items()}
-    rter = {kind: {"images_per_s": args.bs / med[f"rter_{kind}"], "epoch_s": EPOCH_IMAGES * med[f"rter_{kind}"] / args.bs}
+    rter = {kind: {"images_per_s": args.bs / med[f"rter_{kind}"],
+                   "epoch_s": EPOCH_IMAGES * med[f"rter_{kind}"] / args.bs}
             for kind in ("shared", "separate") if f"rter_{kind}" in med}
     return {
         "device": device.type, "device_name": device_name(device), "torch": torch.__version__,

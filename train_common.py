@@ -332,7 +332,7 @@ class Run:
     def end_epoch(self, epoch: int) -> dict:
         """Evaluate when due, then write checkpoint (with the whole log inside) and log.csv; returns the log row."""
         a = self.args
-        sums = {k: torch.tensor([self.sums[k], self.counts[k]], dtype=torch.float64) for k in sorted(self.sums)}
+        sums = {k: torch.tensor([self.sums[k], self.counts[k]], dtype=torch.float64) for k in self.sums}
         if self.world > 1:  # the epoch's mean losses over every process's batches
             for pair in sums.values():
                 dist.all_reduce(pair)
