@@ -282,9 +282,10 @@ def gflops(model: nn.Module, x: torch.Tensor) -> dict:
     try:
         if isinstance(model, MoECNN) and model.prune is not None:  # the masked network is what trains and runs
             return {"pathway": count(model.compact().eval()), "masked": count(model)}
-        if isinstance(model, MoECNN):
+        if isinstance(model, MoECNN) and model.router is not None:
             return {"pathway": count(model), "masked": count(lambda z: model.forward_with_routing(z, masked=True))}
-        return {"pathway": count(model), "masked": count(model)}
+        pathway = count(model)  # a dense network: nothing is masked
+        return {"pathway": pathway, "masked": pathway}
     finally:
         model.train(was_training)
 

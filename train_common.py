@@ -213,6 +213,7 @@ class Run:
         self.x_test, self.y_test = x_test.to(self.device), y_test.to(self.device)
         self.ckpt_path, self.log_path = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "log.csv")
         self.rows, self.epoch, self.step, self.saved_epoch, self.ddp = [], 0, 0, 0, None
+        self.stepped = None  # the optimiser of the last update: the log's lr is its (AT (Sparse) steps one per stage)
 
     @property
     def is_main(self) -> bool:
@@ -324,7 +325,7 @@ class Run:
         if not math.isfinite(value):
             self.diverged(f"{name} became {value} at epoch {self.epoch + 1}, step {self.step + 1}")
         backward_and_step(loss, model, optimizers)
-        self.stepped = optimizers[0]  # the log's lr is this one's (AT (Sparse) steps one stage's optimiser at a time)
+        self.stepped = optimizers[0]
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0) + 1
         return value
@@ -336,7 +337,7 @@ class Run:
         if self.world > 1:  # the epoch's mean losses over every process's batches
             for pair in sums.values():
                 dist.all_reduce(pair)
-        lr_of = getattr(self, "stepped", None) or next(iter(self.optimizers.values()))
+        lr_of = self.stepped or next(iter(self.optimizers.values()))
         row = {"epoch": epoch + 1, "lr": lr_of.param_groups[0]["lr"],
                **{k: (pair[0] / pair[1]).item() for k, pair in sums.items()},
                "train_seconds": round(time.time() - self.t0, 2)}
