@@ -258,8 +258,9 @@ def adversarial_batches(model, x, y, target: str, attack_name: str = "pgd", eps:
 
 def evaluate_attack(model, x, y, target: str, attack_name: str = "pgd", eps: float = 8 / 255,
                     step: float = 2 / 255, steps: int = 50, bs: int = 256, progress=None, aa_version="standard"):
-    """Per-row (correct on the full model at x_adv, same top-1 expert as at x) for one attack and target.
+    """Per-row (robust: correct on the full model at x AND at x_adv, same top-1 expert as at x) for one attack.
 
+    A clean-wrong row is never robust, even where a random start lands it on y (AutoAttack's convention).
     Routing consistency is None for models without gates (dual models) or with one expert (dense networks).
     """
     correct, same_route = [], []
@@ -267,12 +268,18 @@ def evaluate_attack(model, x, y, target: str, attack_name: str = "pgd", eps: flo
     with eval_mode(model):
         for rows, x_adv in adversarial_batches(model, x, y, target, attack_name, eps, step, steps, bs, aa_version):
             with torch.no_grad():
-                correct.append(model(x_adv).argmax(1) == y[rows])
+                correct.append(robust_correct(model, x[rows], x_adv, y[rows]))
                 if has_gates:
                     same_route.append(top1_expert(model, x_adv) == top1_expert(model, x[rows]))
             if progress is not None:
                 progress.update(len(x_adv))
     return torch.cat(correct), (torch.cat(same_route) if has_gates else None)
+
+
+@torch.no_grad()
+def robust_correct(model, x, x_adv, y):
+    """Per row: correct at the clean x and at x_adv, the only way a point counts as robust."""
+    return (model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)
 
 
 @torch.no_grad()

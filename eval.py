@@ -22,7 +22,7 @@ from tqdm import tqdm
 import data
 import checkpoint
 import cli
-from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack
+from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack, robust_correct
 from moe import DualMoE, check_alpha
 from moe_cnn import MoECNN, gflops
 from outcomes import EVAL_NAME, accuracy, worst_case
@@ -213,7 +213,7 @@ def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
                     with torch.no_grad():
                         for j, row in enumerate(group):
                             model.alpha = row["alpha"]
-                            correct[j].append(model(x_adv).argmax(1) == y[batch])
+                            correct[j].append(robust_correct(model, x[batch], x_adv, y[batch]))
                     bar.update(len(x_adv))
                 for j, row in enumerate(group):
                     row[COLUMN[target]] = 100 * torch.cat(correct[j]).float().mean().item()

@@ -94,11 +94,34 @@ def test_metric_is_the_full_model_at_x_adv(target):
     torch.manual_seed(5)
     x_adv = attacks.attack(model, x, y, target, eps=0.2, step=0.05, steps=3)
     with torch.no_grad():
-        assert torch.equal(correct, model(x_adv).argmax(1) == y)
+        assert torch.equal(correct, (model(x_adv).argmax(1) == y) & (model(x).argmax(1) == y))
         assert torch.equal(same, model.gates(x_adv).argmax(1) == model.gates(x).argmax(1))
 
 
 # ----------------------------------------------------------------------------- component targets
+
+class OffGridIsRight(torch.nn.Module):
+    """Says class 1 exactly when some pixel lies off the 1/4 grid: wrong on grid-valued clean images (y = 1), right
+    after almost any random start, and its ascent direction barely moves a step of 1e-6."""
+
+    def forward(self, x):
+        off_grid = (x * 4 - (x * 4).round()).abs().flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(off_grid), off_grid - 1e-9], dim=1)
+
+
+def test_a_clean_wrong_point_is_never_robust_even_where_the_attack_lands_it_right():
+    model = OffGridIsRight()
+    x = torch.randint(0, 5, (16, 1, 4, 4)).float() / 4
+    y = torch.ones(16, dtype=torch.long)
+    clean = attacks.clean_correct(model, x, y)
+    torch.manual_seed(0)
+    x_adv = attacks.attack(model, x, y, "whole", eps=0.1, step=1e-6, steps=1)
+    assert not clean.any() and (model(x_adv).argmax(1) == y).all(), "the setting must land wrong points right"
+    torch.manual_seed(0)
+    robust, _ = attacks.evaluate_attack(model, x, y, "whole", "pgd", eps=0.1, step=1e-6, steps=1)
+    assert not robust.any(), "RA counted clean-wrong points as robust"
+    assert (robust <= clean).all()
+
 
 def grads(output, params):
     return list(torch.autograd.grad(output.sum(), list(params), allow_unused=True, retain_graph=True))
@@ -234,7 +257,7 @@ def test_autoattack_is_not_weaker_than_pgd(st_ckpt):
     x_adv = attacks.autoattack(model, x, y, "whole", AA_EPS)
     assert_in_ball_and_box(x_adv, x, AA_EPS)
     with torch.no_grad():
-        assert torch.equal(model(x_adv).argmax(1) == y, aa_correct)
+        assert torch.equal((model(x_adv).argmax(1) == y) & clean, aa_correct)
 
 
 def short_standard_autoattack():

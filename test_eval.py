@@ -178,7 +178,8 @@ def test_dual_sweep_attacks_each_moe_once_and_judges_every_alpha():
         with torch.no_grad():
             for row in rows:
                 d.alpha = row["alpha"]
-                assert row[key] == 100 * (d(x_adv).argmax(1) == y).sum().item() / len(y), (target, row)
+                robust = (d(x_adv).argmax(1) == y) & (d(x).argmax(1) == y)
+                assert row[key] == 100 * robust.sum().item() / len(y), (target, row)
                 assert row["sa"] == 100 * (d(x).argmax(1) == y).float().mean().item()
     assert rows[-1]["sa"] == 100.0 and rows[-1]["ra_rmoe"] < 100.0
     # at alpha = 1 the dual model is the robust MoE, so attacking it is attacking the robust MoE
