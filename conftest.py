@@ -260,7 +260,7 @@ def train_cli_fresh(tmp_path_factory):
     plan = {name: (script, [*QUICK, *flags]) for name, (script, flags, _) in BAD_TRAIN.items()}
     plan.update({"at": ("train_at.py", ["--method", "at", *QUICK]),
                  "trades": ("train_at.py", ["--method", "trades", *QUICK]),
-                 "advmoe": ("train_at.py", ["--method", "advmoe", *QUICK]),
+                 "advmoe": ("train_advmoe.py", QUICK),
                  "rter": ("train_rter.py", QUICK),
                  "diverge_fresh": ("train_rter.py", [*DIVERGING, *QUICK])})
     runs = types.SimpleNamespace(tmp=tmp, procs=launch_all(plan, tmp))
@@ -332,3 +332,23 @@ def pytest_configure(config):
     # AdvMoE steps one of two optimisers per batch while both schedules advance: train_common silences this warning
     # for the scripts, and pytest's own warning capture would bring it back
     config.addinivalue_line("filterwarnings", r"ignore:Detected call of `lr_scheduler\.step\(\)` before:UserWarning")
+
+
+def vit_stand_in(hf_home) -> Path:
+    """A local stand-in for ViT-S/16's ImageNet weights (random, 1000 classes) in the hub cache under hf_home:
+    what `--pretrained` reads offline (HF_HOME=hf_home), so the pretrained path runs without the hub."""
+    import json
+    import safetensors.torch
+    import timm
+    repo = timm.create_model("vit_small_patch16_224").pretrained_cfg["hf_hub_id"]  # timm/<model>.<tag>
+    root = Path(hf_home) / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    weights = timm.create_model("vit_small_patch16_224", pretrained=False).state_dict()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in weights.items()}, str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224", "num_classes": 1000}))
+    return snapshot / "model.safetensors"

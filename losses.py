@@ -3,7 +3,7 @@
   ST      CE(F(x), y) + balance * L_bal                      moe.st_loss
   AT      the ST loss at x + d, d = PGD-K on F               at_loss
   TRADES  CE(F(x), y) + beta * KL(F(x) || F(x + d)) / B      trades_loss (d maximises the KL)
-  AdvMoE  the AT loss, w.r.t. the router and the experts on alternate batches (train_at.py's loop)
+  AdvMoE  the TRADES (or AT) loss, one step w.r.t. the backbone and one w.r.t. the router per batch (train_advmoe.py)
   RT-ER   AT + beta * KL(f_2(x) || f_2(x + d')) / B          rter_loss (f_2: best unselected expert)
   JTDMoE  lower: rter_loss on F_R; upper: CE(F_D(x), y)      rter_loss, dual_loss
 KL(p || q) is F.kl_div(log q, p) summed over classes (the TRADES reference code); B the batch size.
@@ -38,7 +38,8 @@ def rter_loss(model, x, y, eps: float, step_size: float, steps: int, beta: float
     """RT-ER (paper Eq. 2): CE(F(x + d), y) + beta * KL(f_2(x) || f_2(x + d')) / B + balance * L_bal.
 
     f_2: per row the best expert outside the top-k, picked at clean x (second_on='clean') or x + d; kl_experts='all'
-    sums the KL over every expert. d' = PGD on f_2 alone (kl_attack='separate', the public code) or d (shared).
+    sums the KL over every expert, each on its own copy of the batch. d' = PGD on f_2 alone, or on each expert
+    alone for 'all' (kl_attack='separate', the public code), or d (shared).
     """
     x_adv = attack(model, x, y, "whole", eps, step_size, steps)
     loss = st_loss(model, x_adv, y, balance)
@@ -46,18 +47,18 @@ def rter_loss(model, x, y, eps: float, step_size: float, steps: int, beta: float
         return loss
     if kl_experts == "second":
         with torch.no_grad():
-            second = next_best_expert(model.gates(x if second_on == "clean" else x_adv), model.topk)
+            chosen = next_best_expert(model.gates(x if second_on == "clean" else x_adv), model.topk)
+        x_in, x_kl = x, x_adv
+    else:  # row b * E + j is expert j on x_b: every expert gets a perturbation of its own
+        copies = model.num_experts
+        chosen = torch.arange(copies, device=x.device).repeat(len(x))
+        x_in, x_kl = x.repeat_interleave(copies, 0), x_adv.repeat_interleave(copies, 0)
 
-        def experts_out(z):
-            return model.chosen_expert_logits(z, second)
-    else:
-        def experts_out(z):  # every expert; rows stacked as (B * E, C)
-            return model.all_expert_logits(z).flatten(0, 1)
-    x_kl = x_adv
+    def experts_out(z):
+        return model.chosen_expert_logits(z, chosen)
     if kl_attack == "separate":
-        repeat = 1 if kl_experts == "second" else model.num_experts
-        x_kl = pgd(experts_out, x, y.repeat_interleave(repeat), eps, step_size, steps, model=model)
-    kl = kl_to_clean(experts_out(x_kl), F.softmax(experts_out(x), dim=1)) / len(x)
+        x_kl = pgd(experts_out, x_in, y.repeat_interleave(len(x_in) // len(x)), eps, step_size, steps, model=model)
+    kl = kl_to_clean(experts_out(x_kl), F.softmax(experts_out(x_in), dim=1)) / len(x)
     return loss + beta * kl
 
 

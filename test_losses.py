@@ -116,17 +116,21 @@ def rter_by_hand(model, x, y, kl_attack, kl_experts, second_on, seed, rank=None)
         def out(z):
             return rows_by_expert(model, z, second)
         labels = y
-    else:
+    else:  # every expert on its own copy of the batch, each copy attacked on its own expert
+        every = torch.arange(E).repeat(len(x))
+
         def out(z):
-            return torch.stack([hand_expert(model, i, z) for i in range(E)], 1).flatten(0, 1)
+            return rows_by_expert(model, z, every)
         labels = y.repeat_interleave(E)
-    x_kl = x_adv if kl_attack == "shared" else hand_pgd(out, x, labels)
+    x_in = x if kl_experts == "second" else x.repeat_interleave(E, 0)
+    x_kl = x_adv if kl_experts == "second" else x_adv.repeat_interleave(E, 0)
+    x_kl = x_kl if kl_attack == "shared" else hand_pgd(out, x_in, labels)
     with torch.no_grad():
         base = hand_at(model, x_adv, y)
         if kl_experts == "second":
             kl = hand_kl(out(x), out(x_kl)) / len(x)
         else:
-            kl = sum(hand_kl(hand_expert(model, i, x), hand_expert(model, i, x_kl)) for i in range(E)) / len(x)
+            kl = sum(hand_kl(hand_expert(model, i, x), hand_expert(model, i, x_kl[i::E])) for i in range(E)) / len(x)
     return base + BETA * kl, kl, second, x_kl
 
 
@@ -140,7 +144,10 @@ def test_rter_loss_matches_hand_computation(experts, topk, kl_attack, kl_experts
     expected, kl, second, x_kl = rter_by_hand(model, x, y, **flags, seed=7)
     torch.testing.assert_close(got.detach(), expected, rtol=0, atol=1e-5)
     assert BETA * kl > 1e-3, "the KL term is negligible: the test would not see it"
-    assert (x_kl - x).abs().max() <= EPS + 1e-6 and x_kl.min() >= 0 and x_kl.max() <= 1
+    copies = len(x_kl) // len(x)
+    assert (x_kl - x.repeat_interleave(copies, 0)).abs().max() <= EPS + 1e-6 and x_kl.min() >= 0 and x_kl.max() <= 1
+    if kl_experts == "all" and kl_attack == "separate":  # each expert's copy of a point is attacked on its own
+        assert copies == experts and not torch.equal(x_kl[0::experts], x_kl[1::experts])
     if kl_experts == "second":
         assert len(second.unique()) > 1, "every row has the same f_2: the per-row choice would go untested"
         # the choice of f_2 matters: the expert ranked just above or below it gives another loss

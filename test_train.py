@@ -1,5 +1,5 @@
 """The train_*.py scripts: what a run writes, the checkpoint format, exact resume after an interruption,
-extending a finished run, log columns, the divergence guard, AdvMoE's alternation, JTDMoE's lower / upper
+extending a finished run, log columns, the divergence guard, every parameter trained, AdvMoE's two steps, JTDMoE's lower / upper
 steps, every method's command line and bad flags."""
 import csv
 import json
@@ -14,9 +14,11 @@ import torch.nn.functional as F
 
 import data
 import moe
+import train_advmoe
 import train_at
 import train_common as tc
 import train_jtdmoe
+import train_sparse
 import train_st
 from conftest import (BAD_JTDMOE, BAD_TRAIN, QUICK, TINY, assert_refused, changed, snapshot,
                       start_when_selected, succeeded, the_error_line, tiny_argv)
@@ -236,36 +238,95 @@ def test_divergence_names_the_last_good_checkpoint_and_keeps_it_cli(train_cli):
 
 # ----------------------------------------------------------------------------- AdvMoE and JTDMoE loops
 
-# AdvMoE steps one optimiser per batch while both schedules advance (train_common silences this outside pytest)
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-def test_advmoe_main_alternates_router_and_experts_by_global_step(tmp_path, monkeypatch):
-    """Router on even global steps, experts on odd ones, continuing across epochs (3 batches per epoch)."""
-    record = []
-    update = tc.Run.update
+def test_a_refused_start_leaves_no_run_behind(tmp_path, st_run, monkeypatch):
+    """A refused --init claims nothing, and a start that failed before its first epoch ended holds no run: the same
+    command, corrected, then trains without --overwrite."""
+    cnn = [*QUICK, "--arch", "moe_cnn", "--scale", "0.5"]
+    out = tmp_path / "sparse"
+    with pytest.raises(ValueError, match="not a dense full-width network"):
+        train_sparse.main([*cnn, "--epochs", "2", "--init", str(st_run / "ckpt.pt"), "--out", str(out)])
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != ".lock"]
+    train_at.main([*cnn, "--method", "at", "--experts", "1", "--scale", "1", "--out", str(tmp_path / "dense")])
+    train_sparse.main([*cnn, "--epochs", "2", "--init", str(tmp_path / "dense" / "ckpt.pt"), "--out", str(out)])
+    assert len(read_log(out)) == 2
+
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(tc.Run, "update", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError):
+        train_st.main(tiny_argv(crashed, 1))
+    assert (crashed / "args.json").exists() and not (crashed / "ckpt.pt").exists()
+    monkeypatch.undo()
+    train_st.main(tiny_argv(crashed, 1))
+    assert len(read_log(crashed)) == 1
+
+
+def initial_state(monkeypatch):
+    """{parameter name: value} of the model as run.start receives it (before the first step), filled when it runs."""
+    seen, start = {}, tc.Run.start
+
+    def spy(self, model, *args, **kwargs):
+        seen.update({k: v.detach().clone() for k, v in model.named_parameters()})
+        return start(self, model, *args, **kwargs)
+    monkeypatch.setattr(tc.Run, "start", spy)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_at_and_trades_optimise_every_parameter_the_router_too(method, tmp_path, monkeypatch):
+    before = initial_state(monkeypatch)
+    model = train_at.main([*TINY, "--method", method, "--epochs", "1", "--bs", "400", "--out", str(tmp_path)])
+    params = dict(model.named_parameters())
+    ckpt = tc.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert len(ckpt["optimizer"]["opt"]["param_groups"][0]["params"]) == len(params)
+    moved = {k for k, v in params.items() if not torch.equal(v.detach(), before[k])}
+    assert {k for k in params if k.startswith("router.")} <= moved, "the router did not train"
+    assert any(k.startswith("experts.") for k in moved)
+
+
+def test_advmoe_steps_backbone_then_router_on_every_batch_from_two_shuffles(tmp_path, monkeypatch):
+    """Per batch a backbone step (router fixed) then a router step (backbone fixed) on another batch of the same
+    epoch's second shuffle: the backbone gets as many updates as AT (MoE)."""
+    record, batches = [], []
+    update, batches_of = tc.Run.update, tc.Run.batches
+
+    def spy_batches(self, epoch):
+        for x, y in batches_of(self, epoch):
+            batches.append(x)
+            yield x, y
 
     def spy(self, loss, model, *optimizers, name="loss"):
-        router, experts = snapshot(model.router), snapshot(model.experts)
+        router, backbone = snapshot(model.router), snapshot(model.experts)
         value = update(self, loss, model, *optimizers, name=name)
-        part = "router" if optimizers == (self.optimizers["router"],) else "experts"
-        assert optimizers == (self.optimizers[part],)
-        record.append((self.epoch * len(self.loader) + self.step, part, any(changed(router, model.router)),
-                       any(changed(experts, model.experts))))
+        part = {id(o): k for k, o in self.optimizers.items()}[id(optimizers[0])]
+        record.append((self.epoch, name, part, any(changed(router, model.router)),
+                       any(changed(backbone, model.experts))))
         return value
 
+    losses_seen = []
+    trades = train_at.trades_loss
+
+    def spy_loss(model, x, y, *args):
+        losses_seen.append(x)
+        return trades(model, x, y, *args)
+
     monkeypatch.setattr(tc.Run, "update", spy)
-    model = train_at.main([*TINY, "--method", "advmoe", "--epochs", "2", "--bs", "400", "--experts", "3",
-                           "--eval-every", "2", "--out", str(tmp_path)])
-    steps = 2 * (len(data.load_digits_split()[0]) // 400)
-    assert [r[0] for r in record] == list(range(steps)), record
-    assert steps % 2 == 0 and steps // 2 % 2 == 1, "an odd number of batches per epoch tells step parity apart"
-    for step, part, router_moved, experts_moved in record:
-        if step % 2 == 0:
-            assert part == "router" and router_moved and not experts_moved, record
+    monkeypatch.setattr(tc.Run, "batches", spy_batches)
+    monkeypatch.setattr(train_at, "trades_loss", spy_loss)
+    model = train_advmoe.main([*TINY, "--epochs", "2", "--bs", "400", "--experts", "3", "--eval-every", "2",
+                               "--out", str(tmp_path)])
+    per_epoch = len(data.load_digits_split()[0]) // 400
+    assert len(record) == 2 * 2 * per_epoch and len(batches) == 2 * per_epoch
+    for i, (epoch, name, part, router_moved, backbone_moved) in enumerate(record):
+        if i % 2 == 0:
+            assert (name, part) == ("loss", "backbone") and backbone_moved and not router_moved, record
         else:
-            assert part == "experts" and experts_moved and not router_moved, record
+            assert (name, part) == ("router_loss", "router") and router_moved and not backbone_moved, record
+    assert len(losses_seen) == len(record), "AdvMoE's default loss is TRADES, on both steps"
+    for step, x in enumerate(batches):  # the router's batch is a batch of another shuffle, not the backbone's
+        assert losses_seen[2 * step] is x and not torch.equal(losses_seen[2 * step + 1], x)
     ckpt = torch.load(tmp_path / "ckpt.pt", map_location="cpu", weights_only=True)
-    assert set(ckpt["optimizer"]) == {"router", "experts"}
-    assert isinstance(model, moe.MoE)
+    assert set(ckpt["optimizer"]) == {"router", "backbone"} and ckpt["args"]["loss"] == "trades"
+    assert isinstance(model, moe.MoE) and "router_loss" in read_log(tmp_path)[0]
 
 
 @pytest.mark.parametrize("upper", ["std", "both"])
@@ -336,7 +397,7 @@ def test_train_cli_writes_checkpoint_and_log(train_cli, name, method):
     else:
         assert isinstance(model, moe.MoE)
     if name == "advmoe":
-        assert set(ckpt["optimizer"]) == {"router", "experts"}
+        assert set(ckpt["optimizer"]) == {"router", "backbone"}
     if name == "rter":
         a = ckpt["args"]
         assert (a["beta"], a["kl_experts"], a["kl_attack"], a["second_on"]) == (6.0, "second", "separate", "clean")

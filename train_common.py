@@ -34,7 +34,9 @@ DEFAULTS = {
     "digits": dict(arch="cnn", epochs=30, bs=64, lr=1e-3, eval_n=0, balance=0.1, channels_last=True),
     "cifar10": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
     "cifar100": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
-    "tinyimagenet": dict(arch="vit_small", epochs=10, bs=128, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
+    # TinyImageNet: batch 512 and the training attack's step 2/255 (= eps) of the paper (appendix A.4) and its code
+    "tinyimagenet": dict(arch="vit_small", epochs=10, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False,
+                         step_size=2 / 255),
     "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
 }
 DEFAULTS.update({name: DEFAULTS[real] for name, (real, _, _) in data.SYNTHETIC.items()})  # paper shapes, random pixels
@@ -128,7 +130,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     else:
         check_routing(args.experts, args.topk)
         if args.scale != 1.0 or args.method == "sparse":
-            raise ValueError(f"--scale and --method sparse are for the MoE-CNN archs ({', '.join(moe_cnn.ARCHS)}), "
+            raise ValueError(f"--scale and train_sparse.py are for the MoE-CNN archs ({', '.join(moe_cnn.ARCHS)}), "
                              f"not --arch {arch}")
     args.eps = data.dataset_info(args.dataset).eps if args.eps is None else args.eps
     args.step_size = args.eps / 4 if args.step_size is None else args.step_size
@@ -265,6 +267,8 @@ class Run:
         for tmp in glob.glob(os.path.join(a.out, "*.tmp*")):  # left by a kill or a full disk during a save
             os.remove(tmp)
         found = [f for f in RUN_FILES if os.path.exists(os.path.join(a.out, f))]
+        if found and "ckpt.pt" not in found and not read_log(self.log_path):  # a start that failed before epoch 1
+            found = []
         if found and not a.resume:
             if not a.overwrite:
                 raise ValueError(f"{a.out} holds another run ({', '.join(found)}): continue it with --resume, "
@@ -309,10 +313,20 @@ class Run:
         bar = tqdm(self.loader, desc=f"{a.method} epoch {epoch + 1}/{a.epochs}", leave=False,
                    disable=not self.is_main or None)
         for self.step, (x, y) in enumerate(bar):
-            if a.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            yield self.memory_format(x), y
             bar.set_postfix(loss=f"{self.sums.get('loss', 0.0) / max(self.counts.get('loss', 1), 1):.3f}")
+
+    def memory_format(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.args.channels_last else x
+
+    def second_shuffle(self, epoch: int):
+        """The epoch's training batches in a second, independently seeded order (AdvMoE's router batches)."""
+        a = self.args
+        if not hasattr(self, "second_loader"):
+            self.second_loader = data.train_loader(self.train_set, self.info, a.bs, self.device, a.seed + 1_000_003,
+                                                   not a.no_augment, a.workers, self.rank, self.world)
+        self.second_loader.set_epoch(epoch)
+        return ((self.memory_format(x), y) for x, y in self.second_loader)
 
     def loss(self, fn, *args, **kwargs) -> torch.Tensor:
         """fn(*args, **kwargs), a loss of the model; under torchrun computed inside DDP, which averages its gradients

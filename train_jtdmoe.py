@@ -3,6 +3,11 @@
 Per batch: (lower) one step on the robust MoE F_R minimising the RT-ER loss (losses.rter_loss); (upper) one
 step on both MoEs (--upper both) or on F_S alone (--upper std, as the public code) minimising
 CE(F_D(x), y) on clean x (losses.dual_loss). Starts from an ST checkpoint (--std) and an RT-ER one (--rob).
+The two forms that run_all measures:
+  Algorithm 1:      --upper both                      (the upper step moves F_S and F_R)
+  the public code:  --upper std --kl-experts all      (F_R frozen in the upper step; the lower KL over every expert,
+                    each with its own PGD). Its one Adam over both steps is the two Adams here: with --upper std
+                    they hold disjoint parameters, and Adam's state and a parameter-free step are per parameter.
   python train_jtdmoe.py --std runs/digits/st/ckpt.pt --rob runs/digits/rter/ckpt.pt --alpha 0.7
 """
 import sys
