@@ -16,13 +16,17 @@ JT_EPOCHS := $(call pick,1,10,10)
 CNN_EPOCHS := $(call pick,2,30,100)# MoE-CNN runs (AdvMoE appendix: 100; AT (Sparse): 100 mask + 100 fine-tuning)
 SPARSE_EPOCHS := $(call pick,2,60,200)
 SCALES := $(call pick,0.5,0.2 0.5 0.8,0.2 0.5 0.8)# Table A2's model scales r
-CURVE := $(call pick,--eval-n 60 --eval-steps 3 --steps 2,--eval-steps 20 --eval-every 2,--eval-n 1000)
+# CURVE of run $1 (read inside `train`): quick trains with 2-step PGD, except the runs whose table row names
+# their train-time steps (Table A1: 10), so a quick row still means what the table says
+CURVE = $(call pick,--eval-n 60 --eval-steps 3$(if $(filter a1%,$1),, --steps 2),--eval-steps 20 --eval-every 2,\
+  --eval-n 1000)
+PRETRAINED ?= --pretrained# ViT experts from the hub (timm); run_all.sh --no-pretrained empties it
 PAPER := $(if $(filter digits,$(PRESET)),,--data-dir $(or $(DATA),data))# the data flag of a paper preset
 EVAL := $(PAPER)
 GPU := $(if $(filter cifar%,$(PRESET)),--amp --channels-last,--amp)
 # a run's model: Tables A1 / A2 (a1_*, a2_*; a1w_*, a2w_*: WRN-28-10) the MoE-CNN family, else the preset's experts
 arch = $(if $(filter a1w_% a2w_%,$1),--arch moe_wrn28_10,$(if $(filter a1_% a2_%,$1),--arch $(if $(PAPER),moe_resnet18,\
-  moe_cnn),$(if $(PAPER),--arch $(if $(filter cifar%,$(PRESET)),resnet18,vit_small --pretrained))))
+  moe_cnn),$(if $(PAPER),--arch $(if $(filter cifar%,$(PRESET)),resnet18,vit_small $(PRETRAINED)))))
 epochs = $(if $(filter jtdmoe_%,$1),$(JT_EPOCHS),$(if $(findstring _sparse,$1),$(SPARSE_EPOCHS),$(if $(filter a1% a2%,\
   $1),$(CNN_EPOCHS),$(EPOCHS))))
 train = $(if $(PAPER),--dataset $(PRESET) $(call arch,$1) $(GPU) $(PAPER),$(call arch,$1) $(if $(QUICK),--bs 256))\
@@ -39,9 +43,10 @@ target=$1; shift; dir=${target%/*}; stage=${target##*/}; stage=${stage%.*}; log=
 say() { echo "[$(date +%T)] $1 ${dir##*/} $stage$2"; }
 for arg; do [[ $arg != */ckpt.pt || -f ${arg#--*=} ]] || { say skipped ": no ${arg#--*=}"; exit 0; }; done
 mkdir -p "$dir" && say start && echo "+ $*" >"$log" && "$@" >>"$log" 2>&1; rc=$?
-last=$(tr '\r' '\n' <"$log" | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-300)
+last=$(tr '\r' '\n' <"$log" | grep -v '^[[:space:]]*$' | tail -n 1)
 ((rc == 3)) && [[ -f $dir/diverged.json ]] && rc=0 how=collapsed
-((rc == 0)) || { echo "run_all: ${dir##*/} failed ($stage, exit $rc): $last; full log: $log" >&2
+((rc == 0)) || { why="run_all: ${dir##*/} failed ($stage, exit $rc): $last; full log: $log"; echo "$why" >&2
+  [[ -z ${RUN_ALL_FAILED:-} ]] || echo "$why" >>"$RUN_ALL_FAILED"  # run_all says it again once make is gone
   [[ -z ${RUN_ALL_PID:-} ]] || kill -USR1 "$RUN_ALL_PID"; exit 1; }
 [[ $target != *.done ]] || { [[ -f $dir/ckpt.pt ]] && touch -r "$dir/ckpt.pt" "$target" || touch "$target"; }
 say "${how:-done}" " (${SECONDS}s)${how:+: $last}"
@@ -76,31 +81,37 @@ $(call experiment, at,              pgd adaptive,  train_at.py --method at)
 $(call experiment, rter,            pgd adaptive,  train_rter.py --beta 6)
 $(call experiment, trades,          pgd adaptive,  train_at.py --method trades)
 else ifneq ($(PRESET),cifar100)  # (CIFAR-100: Table A2 only) order = priority: the runs others depend on first
+# every run a worst-case claim compares faces the same attacks: pgd aa smooth adaptive
 $(call experiment, st,              pgd aa smooth adaptive, train_st.py)
 $(call experiment, rter,            pgd aa smooth adaptive, train_rter.py --beta 6)
 $(call experiment, at,              pgd aa smooth adaptive, train_at.py --method at)
 $(call experiment, dual_pretrained, pgd aa,)
 $(call experiment, jtdmoe_a0.7,     pgd aa,        train_jtdmoe.py --alpha 0.7)
-$(foreach a,0.5 0.6 0.8,$(call experiment, jtdmoe_a$a, , train_jtdmoe.py --alpha $a))
-$(call experiment, trades,          pgd aa adaptive, train_at.py --method trades)
-$(call experiment, advmoe,          pgd aa adaptive, train_at.py --method advmoe)
-$(foreach b,1 3 9,$(call experiment, rter_b$b, pgd adaptive, train_rter.py --beta $b))
-$(call experiment, rter_top2,       pgd adaptive,  train_rter.py --beta 6 --topk 2)
-$(call experiment, at_top2,         pgd adaptive,  train_at.py --method at --topk 2)
-$(call experiment, rter_e5,         pgd adaptive,  train_rter.py --beta 6 --experts 5)
-$(call experiment, rter_e3,         pgd adaptive,  train_rter.py --beta 6 --experts 3)
+$(call experiment, jtdmoe_pub_a0.7, pgd aa,        train_jtdmoe.py --alpha 0.7 --upper std --kl-experts all)
+$(foreach a,0.5 0.6 0.8,$(call experiment, jtdmoe_a$a, pgd, train_jtdmoe.py --alpha $a))
+$(call experiment, trades,          pgd aa smooth adaptive, train_at.py --method trades)
+$(call experiment, advmoe,          pgd aa smooth adaptive, train_advmoe.py)
+$(call experiment, rter_top2,       pgd aa smooth adaptive, train_rter.py --beta 6 --topk 2)
+$(call experiment, at_top2,         pgd aa smooth adaptive, train_at.py --method at --topk 2)
+# Table 9 sums the KL over every expert (the paper's appendix); Table 8 varies E
+$(foreach b,1 3 6 9,$(call experiment, rter_b$b, pgd, train_rter.py --beta $b --kl-experts all))
+$(call experiment, rter_e5,         pgd,           train_rter.py --beta 6 --experts 5)
+$(call experiment, rter_e3,         pgd,           train_rter.py --beta 6 --experts 3)
 endif
 # AdvMoE appendix, MoE-CNN: Table A1 (10-step training, r = 0.5) on digits / CIFAR-10, Table A2 (2-step training,
 # r in SCALES, AT (Dense) at r = 1) on digits / CIFAR-10 / CIFAR-100; a1w_, a2w_: WRN-28-10 (paper presets).
-# cnn TABLE, evaluations, train PGD steps, scale r, run name suffix
-cnn = $(call experiment, $1_sdense$5, $2, train_at.py --method at --experts 1 --scale $4 --steps $3)\
-  $(call experiment, $1_sparse$5, $2, train_at.py --method sparse --scale $4 --steps $3)\
-  $(call experiment, $1_moe$5,    $2, train_at.py --method at --scale $4 --steps $3)\
-  $(call experiment, $1_advmoe$5, $2, train_at.py --method advmoe --scale $4 --steps $3)
-dense = $(call experiment, $1_dense, $2, train_at.py --method at --experts 1 --scale 1 --steps $3)
+# Every row TRADES-trained (beta 6) as the public code trains them; its 2-step training attack steps 5/255 at eps
+# 8/255, digits the same 5/8 of its eps 0.15.
+# cnn TABLE, evaluations, train PGD steps (and step size), scale r, run name suffix
+cnn = $(call experiment, $1_sdense$5, $2, train_at.py --method trades --experts 1 --scale $4 $3)\
+  $(call experiment, $1_sparse$5, $2, train_sparse.py --loss trades --scale $4 $3)\
+  $(call experiment, $1_moe$5,    $2, train_at.py --method trades --scale $4 $3)\
+  $(call experiment, $1_advmoe$5, $2, train_advmoe.py --loss trades --scale $4 $3)
+dense = $(call experiment, $1_dense, $2, train_at.py --method trades --experts 1 --scale 1 $3)
+STEPS2 := --steps 2 --step-size $(if $(PAPER),0.0196078,0.09375)
 ifneq ($(filter digits cifar10,$(PRESET)),)
-$(foreach b,a1 $(if $(PAPER),a1w),$(call dense,$b,pgd aa,10)$(call cnn,$b,pgd aa,10,0.5))
+$(foreach b,a1 $(if $(PAPER),a1w),$(call dense,$b,pgd aa,--steps 10)$(call cnn,$b,pgd aa,--steps 10,0.5))
 endif
 ifneq ($(filter digits cifar10 cifar100,$(PRESET)),)
-$(foreach b,a2 $(if $(PAPER),a2w),$(call dense,$b,pgd,2)$(foreach r,$(SCALES),$(call cnn,$b,pgd,2,$r,_r$r)))
+$(foreach b,a2 $(if $(PAPER),a2w),$(call dense,$b,pgd,$(STEPS2))$(foreach r,$(SCALES),$(call cnn,$b,pgd,$(STEPS2),$r,_r$r)))
 endif

@@ -1,46 +1,87 @@
 """A verdict for every claim of the papers that a preset can test: claims.md from the runs' per-point outcomes.
 
-Each claim says "A - B > 0" for two measures A and B: (run, target, alpha), target `clean` for SA, or a constant
-in percent. Per seed, A and B are compared on the test points both were evaluated on (paired), and a bootstrap
-over seeds and points gives the 95 % interval of the difference: holds / contradicted / undecided (outcomes.py).
-Also attacks.md: PGD-50, AutoAttack and the adaptive attack compared point by point on each single MoE.
-  python claims.py runs/digits [--out runs/digits/results]
+Each claim says "A - B > t" (t: 0 unless the claim names a tolerance) for measures A and B: (run, target, alpha),
+target `clean` for SA, or a constant in percent; a claim of several comparisons holds only when each one does.
+Per seed, A and B are compared on the test points both were evaluated on (paired), and a bootstrap over seeds and
+points gives the 95 % interval of the difference: holds / contradicted / undecided (outcomes.py). The worst case of
+A and B runs over the same (attack:target) set: the ones both faced. Also attacks.md: PGD, AutoAttack and the
+adaptive attack compared point by point on each single MoE.
+  python claims.py runs/digits [--out runs/digits/results] [--preset digits]
 """
 import argparse
 import os
 import re
+from collections import namedtuple
 
 import numpy as np
 
 from outcomes import CLEAN, EVAL_NAME, outcomes, paired_bootstrap, verdict, worst_case
+from report_data import NUM_CLASSES, collapse_sa
 
-PGD_AND_WORST = ("pgd", "worst")
-# (claim, attacks it is judged under, A, B): the paper says A - B > 0
+COLLAPSE = "collapse"  # a constant side: the SA at or below which a run counts as collapsed (report_data.collapse_sa)
+MARGIN = "margin"  # target of Table 5's claim: per-point margin of the robust MoE F_R, per class (eval.py fields below)
+MARGIN_POINTS, LABELS = "margin_rob_points", "labels"  # row[...]: per point p_y - max_k!=y p_k; ev[...]: true class
+STABLE = -2.0  # "RA remains stable" (Figure 7) gives no tolerance; we read it as: at most 2 pp lower
+# a claim: its text, where the paper says it, the attacks it is judged under ("worst": the worst case over the
+# attacks A and B both faced), its comparisons (A, B), and t in "A - B > t"
+Claim = namedtuple("Claim", "text source attacks parts threshold", defaults=(0.0,))
+RA3 = ("pgd", "aa", "worst")
+
+
+def chain(runs, target, falls=False):
+    """The comparisons saying target rises (falls) along runs, one per step."""
+    sides = [(run, target) for run in runs]
+    return tuple((b, a) if falls else (a, b) for a, b in zip(sides[1:], sides))
+
+
+JTDMOE = (("JTDMoE (Algorithm 1)", "jtdmoe_a0.7"), ("JTDMoE (public code's form)", "jtdmoe_pub_a0.7"))
+FIG7 = ("0.5", "0.6", "0.8")
 CLAIMS = [
-    ("Experts are more vulnerable than the router (ST MoE: RA-R > RA-E)", ("pgd",),
-     ("st", "router"), ("st", "experts")),
-    ("Experts are more vulnerable than the router (AT MoE: RA-R > RA-E)", ("pgd",),
-     ("at", "router"), ("at", "experts")),
-    ("RT-ER beats AT in RA", PGD_AND_WORST, ("rter", "whole"), ("at", "whole")),
-    ("RT-ER beats AT in RA-E", ("pgd",), ("rter", "experts"), ("at", "experts")),
-    ("RT-ER beats TRADES in RA", PGD_AND_WORST, ("rter", "whole"), ("trades", "whole")),
-    ("RT-ER beats AdvMoE in RA", PGD_AND_WORST, ("rter", "whole"), ("advmoe", "whole")),
-    ("Dual model: SA falls as alpha rises (alpha 0.5 vs 0.9)", ("pgd",),
-     ("dual_pretrained", CLEAN, 0.5), ("dual_pretrained", CLEAN, 0.9)),
-    ("Dual model: RA rises as alpha rises (alpha 0.9 vs 0.5)", PGD_AND_WORST,
-     ("dual_pretrained", "dual", 0.9), ("dual_pretrained", "dual", 0.5)),
-    ("JTDMoE beats the pre-trained dual model in SA (alpha 0.7)", ("pgd",),
-     ("jtdmoe_a0.7", CLEAN, 0.7), ("dual_pretrained", CLEAN, 0.7)),
-    ("JTDMoE beats the pre-trained dual model in RA (alpha 0.7)", PGD_AND_WORST,
-     ("jtdmoe_a0.7", "dual", 0.7), ("dual_pretrained", "dual", 0.7)),
-    ("RT-ER with beta 9 collapses (SA at most twice chance, 20 %)", ("pgd",), 20.0, ("rter_b9", CLEAN)),
-    ("Top-2 routing keeps RT-ER's gain over AT in RA", PGD_AND_WORST, ("rter_top2", "whole"), ("at_top2", "whole")),
-    ("E = 3 experts keep RT-ER's gain over AT (E = 4) in RA", PGD_AND_WORST, ("rter_e3", "whole"), ("at", "whole")),
-    ("E = 5 experts keep RT-ER's gain over AT (E = 4) in RA", PGD_AND_WORST, ("rter_e5", "whole"), ("at", "whole")),
-    # the AdvMoE appendix (MoE-CNN, 10-step PGD training, r = 0.5); the worst case counts its AutoAttack too
-    ("AdvMoE beats AT (MoE) in RA (Table A1)", PGD_AND_WORST, ("a1_advmoe", "whole"), ("a1_moe", "whole")),
-    ("AdvMoE beats AT (S-Dense) in RA (Table A1)", PGD_AND_WORST, ("a1_advmoe", "whole"), ("a1_sdense", "whole")),
-    ("AdvMoE beats AT (Sparse) in RA (Table A1)", PGD_AND_WORST, ("a1_advmoe", "whole"), ("a1_sparse", "whole")),
+    Claim("Experts are more vulnerable than the router (ST MoE: RA-R > RA-E)", "Section 4.1, Table 1",
+          ("pgd", "aa"), ((("st", "router"), ("st", "experts")),)),
+    Claim("Expert attacks leave at least 98 % of points routed to the same expert (ST MoE)", "Section 3",
+          ("pgd", "aa"), ((("st", "route_same_experts"), 98.0),)),
+    Claim("RT-ER beats AT in RA", "Section 6.2, Tables 2-3", RA3, ((("rter", "whole"), ("at", "whole")),)),
+    Claim("RT-ER beats AT in RA-E", "Section 6.2, Table 3", ("pgd", "aa"), ((("rter", "experts"), ("at", "experts")),)),
+    Claim("RT-ER costs less than 1.3 pp of SA against AT", "Section 6.2", ("pgd",),
+          ((("rter", CLEAN), ("at", CLEAN)),), -1.3),
+    Claim("RT-ER beats ST and AT under the smooth attack", "Appendix A.3, Table 6", ("smooth",),
+          ((("rter", "whole"), ("st", "whole")), (("rter", "whole"), ("at", "whole")))),
+    Claim("Top-2 routing: RT-ER beats AT in RA", "Table 2", RA3, ((("rter_top2", "whole"), ("at_top2", "whole")),)),
+    Claim("RT-ER beats TRADES in RA", "Appendix A.3, Table 7", RA3, ((("rter", "whole"), ("trades", "whole")),)),
+    Claim("RT-ER beats AdvMoE in RA", "Appendix A.3, Table 7", RA3, ((("rter", "whole"), ("advmoe", "whole")),)),
+    Claim("SA rises with the number of experts (E = 3 -> 4 -> 5)", "Appendix A.3, Table 8", ("pgd",),
+          chain(("rter_e3", "rter", "rter_e5"), CLEAN)),
+    Claim("RA rises with the number of experts (E = 3 -> 4 -> 5)", "Appendix A.3, Table 8 (caption)", ("pgd",),
+          chain(("rter_e3", "rter", "rter_e5"), "whole")),
+    Claim("beta 1 -> 3 -> 6 lowers SA", "Appendix A.3, Table 9", ("pgd",),
+          chain(("rter_b1", "rter_b3", "rter_b6"), CLEAN, falls=True)),
+    *[Claim(f"beta 1 -> 3 -> 6 raises {name}", "Appendix A.3, Table 9", ("pgd",),
+            chain(("rter_b1", "rter_b3", "rter_b6"), target)) for name, target in
+      (("RA", "whole"), ("RA-E", "experts"), ("RA-R", "router"))],
+    Claim("RT-ER with beta 9 collapses (SA at most twice chance)", "Appendix A.3, Table 9", ("pgd",),
+          ((COLLAPSE, ("rter_b9", CLEAN)),)),
+    Claim("Dual model: SA falls as alpha rises (0.7 -> 0.9)", "Section 6.3, Table 3", ("pgd",),
+          ((("dual_pretrained", CLEAN, 0.7), ("dual_pretrained", CLEAN, 0.9)),)),
+    Claim("Dual model: RA rises as alpha rises (0.7 -> 0.9)", "Section 6.3, Table 3", RA3,
+          ((("dual_pretrained", "dual", 0.9), ("dual_pretrained", "dual", 0.7)),)),
+    *[Claim(f"{name} beats the pre-trained dual model in {measure} (alpha 0.7)", source, attacks,
+            (((run, target, 0.7), ("dual_pretrained", target, 0.7)),))
+      for name, run in JTDMOE for measure, target, attacks, source in (
+          ("SA", CLEAN, ("pgd",), "Section 6.4, Table 3"), ("RA", "dual", RA3, "Section 6.4, Tables 3-4"),
+          ("RA-RMoE", "rmoe", ("pgd", "aa"), "Section 6.4, Tables 3-4"),
+          ("RA-SMoE", "smoe", ("pgd", "aa"), "Section 6.4, Tables 3-4"))],
+    Claim("JTDMoE improves the robust MoE's margin for every class (alpha 0.7)", "Section 6.4, Table 5", ("pgd",),
+          MARGIN),
+    Claim(f"JTDMoE improves SA over the pre-trained dual model at alpha {' / '.join(FIG7)}", "Appendix A.5, Figure 7",
+          ("pgd",), tuple(((f"jtdmoe_a{a}", CLEAN, float(a)), ("dual_pretrained", CLEAN, float(a))) for a in FIG7)),
+    Claim(f"JTDMoE keeps RA (at most {-STABLE:g} pp lower) at alpha {' / '.join(FIG7)}", "Appendix A.5, Figure 7",
+          ("pgd",), tuple(((f"jtdmoe_a{a}", "dual", float(a)), ("dual_pretrained", "dual", float(a))) for a in FIG7),
+          STABLE),
+    # the AdvMoE appendix (MoE-CNN, 10-step PGD training, r = 0.5)
+    *[Claim(f"AdvMoE beats AT ({b}) in RA", "AdvMoE appendix, Table A1", RA3,
+            ((("a1_advmoe", "whole"), (f"a1_{run}", "whole")),)) for b, run in
+      (("MoE", "moe"), ("S-Dense", "sdense"), ("Sparse", "sparse"))],
 ]
 
 
@@ -54,47 +95,120 @@ def seeds_of(runs: dict, run: str) -> dict:
     return found
 
 
-def measure(record: dict, attack: str, target: str, alpha: float = None) -> dict:
-    """{test index: survived} of one run folder under one attack ('worst': every attack that ran on it)."""
+def attack_name(ev: dict) -> str:
+    """How eval.py ran an attack, from its JSON: PGD-50, AutoAttack (version), smooth PGD-50, adaptive PGD-50."""
+    attack, steps = ev.get("attack", "?"), ev.get("steps", "?")
+    if attack == "aa":
+        return f"AutoAttack {ev.get('aa_version') or '(standard)'}"
+    return {"pgd": "", "smooth": "smooth ", "adaptive": "adaptive "}.get(attack, f"{attack} ") + f"PGD-{steps}"
+
+
+def measure(record: dict, attack: str, target: str, alpha: float = None, only=None) -> tuple:
+    """({test index: outcome}, names of the attacks behind it) of one run folder: survived (0/1), a margin, or a
+    routing share; attack 'worst': every attack:target in `only` (default: all that ran on it)."""
     evals = record.get("evals", {})
     if attack == "worst":
-        return worst_case(list(evals.values()), alpha)[1] if target != CLEAN else {}
-    return outcomes(evals.get(EVAL_NAME.format(attack)), alpha).get(target, {})
+        covered, points = worst_case(list(evals.values()), alpha, only) if target != CLEAN else ([], {})
+        return points, [f"worst of {', '.join(covered)}"] if points else []
+    ev = evals.get(EVAL_NAME.format(attack)) or {}
+    if target.startswith("route_same"):  # eval.py keeps the share only; as 0/1 points it bootstraps the same
+        n, share = ev.get("n"), ev.get(target)
+        k = round(share * n / 100) if isinstance(share, (int, float)) and isinstance(n, int) else None
+        return ({i: i < k for i in range(n)}, [f"{attack_name(ev)}:experts (routing)"]) if k is not None else ({}, [])
+    if target.startswith(MARGIN):
+        row = next((r for r in ev.get("rows", []) if abs(r.get("alpha", -1) - alpha) < 1e-6), {})
+        points, labels, c = row.get(MARGIN_POINTS), ev.get(LABELS), int(target.split(":")[1])
+        index = outcomes(ev, alpha).get(CLEAN, {})
+        return ({i: m for i, m, y in zip(index, points, labels) if y == c}, ["clean (margin)"]) \
+            if points and labels else ({}, [])
+    read = "smooth" if attack == "smooth" and target == "whole" else target  # eval_smooth.json's whole-model target
+    points = outcomes(ev, alpha).get(read, {})
+    return points, [f"{attack_name(ev)}:{read}" if target != CLEAN else f"clean ({attack_name(ev)}'s points)"] \
+        if points else []
 
 
-def judge(runs: dict, attack: str, a, b) -> dict:
-    """Difference A - B in percentage points, its 95 % interval, verdict, and how many seeds and points it rests on."""
-    sides = [(side, None if isinstance(side, float) else seeds_of(runs, side[0])) for side in (a, b)]
-    seeds = sorted(set.intersection(*[set(s) for _, s in sides if s is not None]))
-    pairs = []
+def judge(runs: dict, attack: str, a, b, threshold: float = 0.0, classes: int = 10) -> dict:
+    """A - B in percentage points, its 95 % interval, verdict of A - B > threshold, the attacks behind it, and how
+    many seeds and points it rests on."""
+    sides = [collapse_sa(classes) if s == COLLAPSE else s for s in (a, b)]
+    found = [None if isinstance(s, float) else seeds_of(runs, s[0]) for s in sides]
+    seeds = sorted(set.intersection(*[set(f) for f in found if f is not None]))
+    pairs, names = [], set()
     for seed in seeds:
-        points = [(side, measure(s[seed], attack, *side[1:]) if s is not None else None) for side, s in sides]
-        shared = sorted(set.intersection(*[set(p) for _, p in points if p is not None]))
-        pairs.append([[p[i] for i in shared] if p is not None else [side / 100.0] * len(shared) for side, p in points])
-    estimate, interval = paired_bootstrap(pairs)
-    return {"difference": estimate, "ci95": interval, "verdict": verdict(interval),
-            "seeds": len([p for p in pairs if len(p[0])]), "points": sum(len(p[0]) for p in pairs)}
+        only = None  # the worst case of each side over the attack:targets both faced
+        if attack == "worst":
+            faced = [set(worst_case(list(f[seed].get("evals", {}).values()), s[2] if len(s) > 2 else None)[0])
+                     for s, f in zip(sides, found) if f is not None]
+            only = set.intersection(*faced)
+        got = [measure(f[seed], attack, *s[1:], only=only) if f is not None else None for s, f in zip(sides, found)]
+        shared = sorted(set.intersection(*[set(g[0]) for g in got if g is not None]))
+        names.update(n for g in got if g is not None and shared for n in g[1])
+        pairs.append([[float(g[0][i]) for i in shared] if g is not None else [s / 100.0] * len(shared)
+                      for s, g in zip(sides, got)])
+    estimate, (low, high) = paired_bootstrap(pairs)
+    return {"difference": estimate, "ci95": (low, high), "verdict": verdict((low - threshold, high - threshold)),
+            "attacks": sorted(names), "seeds": len([p for p in pairs if len(p[0])]),
+            "points": sum(len(p[0]) for p in pairs)}
 
 
-def describe(side) -> str:
+def parts_of(claim: Claim, classes: int) -> tuple:
+    """The comparisons of a claim; Table 5's: one per class, JTDMoE's margin against the pre-trained one."""
+    if claim.parts != MARGIN:
+        return claim.parts
+    return tuple(((run, f"{MARGIN}:{c}", 0.7), ("dual_pretrained", f"{MARGIN}:{c}", 0.7))
+                 for run in ("jtdmoe_a0.7",) for c in range(classes))
+
+
+def combine(judged: list) -> tuple:
+    """(verdict, weakest comparison) of a claim that holds only when each comparison does."""
+    verdicts = [j["verdict"] for j in judged]
+    have = [j for j in judged if j["verdict"] != "n/a"]
+    weakest = min(have, key=lambda j: j["ci95"][0], default=judged[0])
+    if not have:
+        return "n/a", weakest
+    if "contradicted" in verdicts:
+        return "contradicted", min((j for j in have if j["verdict"] == "contradicted"), key=lambda j: j["ci95"][1])
+    return ("holds" if all(v == "holds" for v in verdicts) else "undecided"), weakest
+
+
+def describe(side, classes: int = 10) -> str:
+    if side == COLLAPSE:
+        return f"{collapse_sa(classes):g} % (twice chance)"
     if isinstance(side, float):
         return f"{side:g} %"
-    run, target = side[0], {CLEAN: "SA", "whole": "RA", "experts": "RA-E", "router": "RA-R", "dual": "RA"}[side[1]]
-    return f"{target} of `{run}`" + (f" at alpha {side[2]}" if len(side) > 2 else "")
+    run, target = side[0], side[1]
+    name = {CLEAN: "SA", "whole": "RA", "experts": "RA-E", "router": "RA-R", "dual": "RA", "rmoe": "RA-RMoE",
+            "smoe": "RA-SMoE", "route_same_experts": "same top-1 %"}.get(target) or \
+        f"margin of class {target.split(':')[1]}"
+    return f"{name} of `{run}`" + (f" at alpha {side[2]}" if len(side) > 2 else "")
 
 
-def claims_table(runs: dict) -> tuple:
-    """(markdown, records) of every claim under each of its attacks."""
-    rows, records = [], []
-    for claim, attacks, a, b in CLAIMS:
-        for attack in attacks:
-            r = judge(runs, attack, a, b)
-            low, high = r["ci95"]
-            rows.append([claim, "PGD" if attack == "pgd" else "worst case", describe(a), describe(b),
-                         f"{r['difference']:+.2f}", f"[{low:+.2f}, {high:+.2f}]", f"{r['seeds']} x {r['points']}",
-                         f"**{r['verdict']}**"])
-            records.append({"claim": claim, "attack": attack, **r})
-    return rows, records
+def claims_table(runs: dict, classes: int = 10) -> tuple:
+    """(markdown rows, claims without data, records) of every claim under each of its attacks."""
+    rows, missing, records = [], [], []
+    for claim in CLAIMS:
+        parts, missing_before = parts_of(claim, classes), len(missing)
+        for attack in claim.attacks:
+            judged = [judge(runs, attack, a, b, claim.threshold, classes) for a, b in parts]
+            result, weakest = combine(judged)
+            records.append({"claim": claim.text, "source": claim.source, "attack": attack, "verdict": result,
+                            "parts": [{"a": describe(a, classes), "b": describe(b, classes), **j}
+                                      for (a, b), j in zip(parts, judged)]})
+            if result == "n/a":
+                missing.append(attack)
+                continue
+            a, b = parts[judged.index(weakest)]
+            low, high = weakest["ci95"]
+            rows.append([claim.text, claim.source, "; ".join(weakest["attacks"]), describe(a, classes),
+                         describe(b, classes), f"{claim.threshold:+g}",
+                         f"{weakest['difference']:+.2f}" + (f" (weakest of {len(parts)})" if len(parts) > 1 else ""),
+                         f"[{low:+.2f}, {high:+.2f}]", f"{weakest['seeds']} x {weakest['points']}", f"**{result}**"])
+        if len(missing) > missing_before:  # said once per claim: the attacks it lacks, and what it needs
+            needed = ", ".join(f"`{r}`" for r in sorted({s[0] for ab in parts for s in ab if isinstance(s, tuple)}))
+            missing[missing_before:] = [f"{claim.text} ({', '.join(missing[missing_before:])}): needs {needed}"
+                                        + (f" with eval.py's `{MARGIN_POINTS}` and `{LABELS}`" if claim.parts == MARGIN
+                                           else " evaluated")]
+    return rows, missing, records
 
 
 def mean_std(values) -> str:
@@ -105,18 +219,22 @@ def mean_std(values) -> str:
     return f"{values[0]:.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
-def attack_table(runs: dict) -> list:
-    """Per single MoE with AutoAttack and adaptive results: how the attacks compare, point by point, on AA's points."""
-    rows = []
+def attack_table(runs: dict) -> tuple:
+    """(names of the attacks as they ran, rows): per single MoE with AutoAttack and adaptive results, how the
+    attacks compare, point by point, on AA's points."""
+    rows, names = [], {a: set() for a in ("pgd", "aa", "adaptive")}
     for run in sorted({re.sub(r"-seed\d+$", "", name) for name in runs}):
         per_seed = []
         for record in seeds_of(runs, run).values():
             got = {a: measure(record, a, "whole") for a in ("pgd", "aa", "adaptive")}
-            if not all(got.values()):
+            if not all(points for points, _ in got.values()):
                 continue
+            for a in got:
+                names[a].add(attack_name(record["evals"][EVAL_NAME.format(a)]))
+            got = {a: points for a, (points, _) in got.items()}
             on_aa = sorted(got["aa"])
             survived = {a: [got[a][i] for i in on_aa] for a in got}
-            worst = measure(record, "worst", "whole")
+            worst = measure(record, "worst", "whole")[0]
             per_seed.append([100 * np.mean(list(got["pgd"].values())), 100 * np.mean(survived["pgd"]),
                              100 * np.mean(survived["aa"]), 100 * np.mean(survived["adaptive"]),
                              100 * np.mean(list(got["adaptive"].values())),
@@ -127,20 +245,26 @@ def attack_table(runs: dict) -> list:
             cols = list(zip(*per_seed))
             rows.append([f"`{run}`"] + [mean_std(c) for c in cols[:5]] + [str(sum(cols[5])), str(sum(cols[6]))]
                         + [mean_std(cols[7]), f"{len(per_seed)} x {cols[8][0]}"])
-    return rows
+    return {a: " / ".join(sorted(n)) or a for a, n in names.items()}, rows
 
 
-def write(runs: dict, out: str) -> None:
-    """claims.md and attacks.md of a preset's runs into the results folder out."""
+def write(runs: dict, out: str, classes: int = 10) -> None:
+    """claims.md and attacks.md of a preset's runs (classes: its number of classes) into the results folder out."""
     from checkpoint import atomic_write
     from cli import markdown_table
-    rows, _ = claims_table(runs)
-    atomic_write(os.path.join(out, "claims.md"), markdown_table(
-        ["claim", "attack", "A", "B", "A - B (pp)", "95 % CI", "seeds x points", "verdict"], rows))
+    rows, missing, _ = claims_table(runs, classes)
+    notes = ["A claim of several comparisons holds only when each does; its row shows the weakest one.",
+             f"Collapsed: SA at most twice chance ({collapse_sa(classes):g} %), the same line Table 9 draws."]
+    notes += [f"No data yet: {m}." for m in missing]
+    atomic_write(os.path.join(out, "claims.md"), (markdown_table(
+        ["claim", "source in the paper", "attacks (attack:target)", "A", "B", "holds if A - B >", "A - B (pp)",
+         "95 % CI", "seeds x points", "verdict"], rows) if rows else "No claim has data on this preset.\n")
+        + "".join(f"\n- {n}" for n in notes) + "\n")
+    names, rows = attack_table(runs)
     atomic_write(os.path.join(out, "attacks.md"), markdown_table(
-        ["run", "PGD-50 RA (all)", "PGD-50 RA (AA points)", "AutoAttack RA", "adaptive RA (AA points)",
-         "adaptive RA (all)", "points AA breaks, adaptive not", "points adaptive breaks, AA not",
-         "RA (worst, every attack)", "seeds x AA points"], attack_table(runs)))
+        ["run", f"{names['pgd']} RA (all)", f"{names['pgd']} RA (AA points)", f"{names['aa']} RA",
+         f"{names['adaptive']} RA (AA points)", f"{names['adaptive']} RA (all)", "points AA breaks, adaptive not",
+         "points adaptive breaks, AA not", "RA (worst, every attack)", "seeds x AA points"], rows))
 
 
 def compact(runs: dict) -> dict:
@@ -162,10 +286,12 @@ def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", help="runs folder of a preset (e.g. runs/digits)")
     p.add_argument("--out", default=None, help="results folder (default <runs>/results)")
+    p.add_argument("--preset", default=None, help="its preset (default: the runs folder's name, e.g. digits-quick)")
     args = p.parse_args(argv)
     out = args.out or os.path.join(args.runs, "results")
+    preset = args.preset or os.path.basename(os.path.normpath(args.runs)).removesuffix("-quick")
     os.makedirs(out, exist_ok=True)
-    write(report.load_runs(args.runs, []), out)
+    write(report.load_runs(args.runs, []), out, NUM_CLASSES.get(preset, 10))
     print(f"wrote {out}/claims.md and attacks.md")
 
 

@@ -158,13 +158,15 @@ def check_fit(args, dual: bool, cnn: bool = False) -> None:
 
 
 @torch.no_grad()
-def class_margins(model, x, y, num_classes: int, bs: int = 512):
-    """Mean probability margin p_y - max_{k != y} p_k of model per true class (Table 5)."""
+def point_margins(model, x, y, bs: int = 512):
+    """Per point, the probability margin p_y - max_{k != y} p_k of model on clean x."""
     with eval_mode(model):
         probs = torch.cat([F.softmax(model(x[s:s + bs]), 1) for s in range(0, len(x), bs)])
-    true = probs.gather(1, y[:, None]).squeeze(1)
-    other = probs.scatter(1, y[:, None], -1.0).amax(1)
-    margin = true - other
+    return probs.gather(1, y[:, None]).squeeze(1) - probs.scatter(1, y[:, None], -1.0).amax(1)
+
+
+def class_margins(margin, y, num_classes: int):
+    """Mean of the per-point margins per true class (Table 5)."""
     return [margin[y == c].mean().item() if (y == c).any() else float("nan") for c in range(num_classes)]
 
 
@@ -239,11 +241,13 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
         return result, cli.markdown_table(columns, [[result[c] for c in columns]])
     alphas = args.alphas or [check_alpha(run_args.get("alpha", 0.7))]
     rows = measure_dual(model, x, y, alphas, args.targets or DUAL_TARGETS, args, eps, step)
+    rob_margins = point_margins(model.rob, x, y)
     for row in rows:
         model.alpha = row["alpha"]
-        row["margin_rob"] = class_margins(model.rob, x, y, num_classes)
-        row["margin_dual"] = class_margins(model, x, y, num_classes)
-    result.update(kind="jtdmoe" if args.ckpt else "pretrained", rows=rows)
+        row["margin_rob"] = class_margins(rob_margins, y, num_classes)
+        row["margin_dual"] = class_margins(point_margins(model, x, y), y, num_classes)
+        row["margin_rob_points"] = [round(m, 6) for m in rob_margins.tolist()]
+    result.update(kind="jtdmoe" if args.ckpt else "pretrained", rows=rows, labels=y.tolist())
     columns = [c for c in ("alpha", "sa", "ra", "ra_rmoe", "ra_smoe") if c in rows[0]]
     return result, cli.markdown_table(columns, [[row[c] for c in columns] for row in rows])
 

@@ -1,6 +1,7 @@
 """Figures 2-7, A2 and routing.png of the report, each of its runs' seed 0: PNG, and what each draws for results.json.
 A figure is panels of (Axes method, args, kwargs) calls, so results.json records exactly what was drawn."""
 import os
+import textwrap
 
 from outcomes import EVAL_NAME
 from paper import PAPER
@@ -17,9 +18,9 @@ def draw(path, title, panels, size=(9, 4.3)):
     for ax, calls in zip(axes[0], panels):
         for method, args, kwargs in calls:
             getattr(ax, method)(*args, **kwargs)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("\n".join(textwrap.fill(part, 110) for part in title.split("\n")), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # the canvas grows to hold a long (wrapped) title whole
     plt.close(fig)
     return panels
 
@@ -38,24 +39,30 @@ def figures(report, out):
     matplotlib.use("Agg")
     seeds = max(map(len, report.seeds.values()), default=1)
     p = report.preset + " (quick smoke run)" * report.quick + f", seed 0 of {seeds}" * (seeds > 1)
-    arch = {run: ((report.runs.get(run) or {}).get("args") or {}).get("arch", "?") for run in ("rter", "a1_advmoe")}
+    arch = {run: f", arch {a}" if (a := ((report.runs.get(run) or {}).get("args") or {}).get("arch")) else ""
+            for run in ("rter", "a1_advmoe")}  # said where the run exists
     base = report.evaluation("dual_pretrained", "pgd", 0.7) or {}  # Figure 7's dashed level
     jt, data = [(f"JTDMoE alpha {a}", f"jtdmoe_a{a}") for a in ("0.5", "0.6", "0.7", "0.8")], {}
     for name, title, series in (  # SA and RA per epoch
             ("fig2", "Figure 2: AT vs RT-ER per epoch | preset {p}", [("AT", "at"), ("RT-ER", "rter")]),
-            ("fig4", "Figure 4 (paper: ViT-small experts on TinyImageNet): AT vs RT-ER per epoch | preset {p}, "
-                     "{arch[rter]} experts", [("AT", "at"), ("RT-ER", "rter")]),
+            ("fig4", "Figure 4 (paper: ViT-small experts on TinyImageNet): AT vs RT-ER per epoch | preset {p}"
+                     "{arch[rter]}", [("AT", "at"), ("RT-ER", "rter")]),
             ("fig5", "Figure 5: TRADES / AdvMoE / RT-ER per epoch | preset {p}",
              [("TRADES", "trades"), ("AdvMoE", "advmoe"), ("RT-ER", "rter")]),
             ("fig7", "Figure 7: JTDMoE per epoch, alpha 0.5-0.8 | preset {p}", jt),
-            ("figA2", "Figure A2 (AdvMoE appendix): AdvMoE per epoch | preset {p}, {arch[a1_advmoe]}", ADVMOE_RUNS)):
+            ("figA2", "Figure A2 (AdvMoE appendix): AdvMoE per epoch | preset {p}{arch[a1_advmoe]}", ADVMOE_RUNS)):
         panels = []
         for key in ("sa", "ra"):
             lines = []
-            for label, run in series:
+            for i, (label, run) in enumerate(series):
                 log = [r for r in (report.runs.get(run) or {}).get("log") or [] if finite(r.get("epoch"))
                        and finite(r.get(key))]
-                lines += line([(r["epoch"], r[key]) for r in log], marker="o" if len(log) < 15 else None, label=label)
+                lines += line([(r["epoch"], r[key]) for r in log], marker="o" if len(log) < 15 else None, label=label,
+                              color=f"C{i}")
+                final = (report.evaluation(run, "pgd", float(run[8:])) or {}) if name == "fig7" and log else {}
+                lines += line([(log[-1]["epoch"], final[key])], marker="*", markersize=10, color=f"C{i}",
+                              label=f"{label}: eval.py PGD-{final.get('steps')}, last epoch") \
+                    if finite(final.get(key)) else []  # Figure 7's final RA at the run's own alpha
             if name == "fig7" and finite(base.get(key)):
                 lines.append(("axhline", (base[key],), dict(color="green", linestyle="--", label=f"pre-trained dual, "
                                                             f"alpha 0.7 (PGD-{base.get('steps')}, n={base.get('n')})")))
@@ -82,9 +89,10 @@ def figures(report, out):
                                      marker="s", fillstyle="none", color=f"C{i}", label=f"{label} (paper)")
             panels.append(panel(lines, title, "alpha (weight of the robust MoE)", ylabel, xlim=(0.45, 1.05)))
         what = f"AutoAttack {ev.get('aa_version') or '(standard)'}" if attack == "aa" else f"PGD-{ev.get('steps', '?')}"
+        setting = f"{what}, eps {fmt_eps(ev.get('eps'), report.preset)}, n={ev.get('n', NA)} test points" if ev else \
+            "not evaluated yet"
         data[name] = draw(os.path.join(out, f"{name}.png"), f"Figure {name[3:]}: pre-trained dual model (ST + RT-ER) "
-                          f"vs alpha | preset {p}\n{what}, eps {fmt_eps(ev.get('eps'), report.preset)}, "
-                          f"n={ev.get('n', NA)} test points", panels)
+                          f"vs alpha | preset {p}\n{setting}", panels)
     shares = data["routing"] = {}  # each run's last per-epoch expert usage
     for run, rec in sorted(report.runs.items()):
         last = [r for r in rec["log"] or [] if finite(r.get("usage_0"))][-1:]

@@ -24,8 +24,9 @@ def outcomes(ev: dict, alpha: float = None) -> dict:
             for target, bits in source.get("correct", {}).items()}
 
 
-def worst_case(evals: list, alpha: float = None) -> tuple:
-    """(names of the attacks covered, {test index: survived all}) over every attacked target of the evaluations.
+def worst_case(evals: list, alpha: float = None, only=None) -> tuple:
+    """(names of the attacks covered, {test index: survived all}) over every attacked target of the evaluations,
+    or over those of them named in only ("attack:target" names, e.g. to compare two runs on the attacks both faced).
 
     Only points that every one of those attacks evaluated count; clean correctness is part of every attack's
     outcome (a wrong clean point is wrong under attack too), so it is not a separate attack here.
@@ -33,9 +34,10 @@ def worst_case(evals: list, alpha: float = None) -> tuple:
     covered, survived = [], None
     for ev in evals:
         for target, points in outcomes(ev, alpha).items():
-            if target == CLEAN:
+            name = f"{ev.get('attack', '?')}:{target}"
+            if target == CLEAN or (only is not None and name not in only):
                 continue
-            covered.append(f"{ev.get('attack', '?')}:{target}")
+            covered.append(name)
             survived = dict(points) if survived is None else {
                 i: ok and points[i] for i, ok in survived.items() if i in points}
     return sorted(covered), (survived or {})

@@ -17,8 +17,8 @@ from figures import figures
 from paper import PAPER
 from outcomes import EVAL_NAME, accuracy, worst_case
 from report_advmoe import ADVMOE_TABLES, cost_block
-from report_data import (DUAL, NA, NUM_CLASSES, PAPER_NAME, ROUTE, SEED_FOLDER, SINGLE, cell, finite, fmt, fmt_eps,
-                         load_runs, merge, pick)
+from report_data import (DUAL, NA, NUM_CLASSES, PAPER_NAME, ROUTE, SEED_FOLDER, SINGLE, cell, collapse_sa, finite, fmt,
+                         fmt_eps, load_runs, merge, pick)
 
 CLASS_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
 MARGINS = (("margin_rob_pretrained", 100), ("margin_rob_jtdmoe", 100), ("improvement_pp", 1), ("relative_pct", 1),
@@ -76,15 +76,15 @@ class Report:
             return "not run"
         sa, log, diverged = (ev or {}).get("sa"), self.runs[folder]["log"] or [], self.runs[folder]["diverged"] or {}
         sa = sa if finite(sa) or not log else log[-1].get("sa")  # not evaluated: the last per-epoch SA tells too
-        if not diverged and not (finite(sa) and sa <= 200 / self.num_classes):
+        if not diverged and not (finite(sa) and sa <= collapse_sa(self.num_classes)):
             return "not evaluated" if ev is None else "ok"
         good = diverged["epoch"] - 1 if finite(diverged.get("epoch")) else None
         why = diverged.get("message", "diverged") if diverged else f"SA {sa:.2f} % <= 2x chance"
-        return f"collapsed ({why})" + ("; no checkpoint evaluated" if ev is None else
+        return f"collapsed ({why})" + ("; no checkpoint evaluated" if ev is None else "" if not diverged else
                                        f"; numbers: last good checkpoint{f' (epoch {good})' if good else ''}")
 
     def notes(self, table, spec, extra, used):  # the bullets under a table: its own, then those any table may need
-        out, sizes = list(extra), sorted({u["n"] for u in used if u and finite(u.get("n"))})
+        out, sizes = list(dict.fromkeys(extra)), sorted({u["n"] for u in used if u and finite(u.get("n"))})  # once
         if len(sizes) > 1 and len({u.get("attack") for u in used if u}) > 1:
             out.append(f"The attacks ran on different fixed test subsets (n = {', '.join(str(n) for n in sizes)}), "
                        "so SA differs between them.")
@@ -160,7 +160,9 @@ class Report:
         count = max(lengths + [self.num_classes if self.preset in ("digits", "cifar10") else 0])  # named: every class
         names, paper = CLASS_NAMES.get(self.preset, [str(i) for i in range(count)]), self.paper(table, spec, ()) or {}
         by_class, rows, records = [[class_margins(*pair, c) for pair in pairs] for c in range(count)], [], []
-        for c, values in enumerate(by_class):
+        shown = [c for c, values in enumerate(by_class)  # past 10 classes (TinyImageNet: 200), those with a number
+                 if count <= 10 or any(v is not None for seed in values for v in seed.values())]
+        for c, values in ((c, by_class[c]) for c in shown):
             name = names[c] if c < len(names) else str(c)
             ours = [cell([None if v[k] is None else scale * v[k] for v in values]) for k, scale in MARGINS]
             rows.append([name] + ours + [fmt(paper.get(name)) if paper else NA] * bool(self.paper_ds))
@@ -176,7 +178,9 @@ class Report:
                  "'improvement (%)'; we read it as percentage points); relative = improvement / |pre-trained margin|."
                  " The last column uses the dual model's own margin (`margin_dual`).",
                  f"JTDMoE improves the margin of {sum(g > 0 for g in valid)} of {len(valid)} classes." if valid else
-                 f"n/a: needs {runs[0]} and {runs[1]} evaluated."]
+                 f"n/a: needs {runs[0]} and {runs[1]} evaluated."] + ([
+                 f"{count - len(shown)} of {count} classes have no number yet; their rows are left out."]
+                 if len(shown) < count else [])
         header = block["lead"] + ["paper improvement (%)"] * bool(self.paper_ds)
         return header, rows, [ev for pair in pairs for ev in pair], records, notes
 
@@ -190,7 +194,8 @@ class Report:
             heading = heading(self, block) if callable(heading) else heading
             texts.append((f"## {heading}\n\n" if heading else "") + markdown_table(header, rows))
             used, notes = used + block_used, notes + block_notes
-        fill = dict(preset=self.preset, chance=200 / self.num_classes, eval_smooth=EVAL_NAME.format("smooth") + ".json")
+        fill = dict(preset=self.preset, chance=collapse_sa(self.num_classes),
+                    eval_smooth=EVAL_NAME.format("smooth") + ".json")
         notes += [note.format(**fill) for note in (pick(n, self.preset) for n in spec.get("notes", [])) if note]
         evaluated = [u for u in used if u]  # the title says how: eps, attack steps, test points (from their JSON)
         eps = sorted({fmt_eps(u.get("eps"), self.preset) for u in evaluated}) or sorted(  # else any run's budget
@@ -211,6 +216,10 @@ class Report:
 # found by folder name), the paper's key (default: the run), attack, alpha. Report.render draws any table; a block's
 # `kind` picks its drawer (metrics by default, "margins", "cost": report_advmoe.py), `skip` the presets without it.
 Row = namedtuple("Row", "lead run paper attack alpha", defaults=(None, None, None))
+JTDMOE = (("", "jtdmoe_a0.7"), (", public code", "jtdmoe_pub_a0.7"))  # (row name's suffix, run): the two forms
+JTDMOE_NOTE = ("JTDMoE is run `jtdmoe_a0.7` (Algorithm 1: the upper step trains both MoEs); `jtdmoe_pub_a0.7` is the "
+               "authors' public code's form (upper step on F_S only, KL over all experts); both get the paper's "
+               "JTDMoE cells.")
 ST_AT_RTER, PRE = [Row("ST", "st"), Row("AT", "at"), Row("RT-ER", "rter")], (0.7, 0.8, 0.9)
 TABLES = {
     "table1": dict(title="robustness of the MoE components of a standard-trained (ST) MoE", lead=["attack"],
@@ -229,13 +238,14 @@ TABLES = {
                 dict(key="dual", heading="Dual model F_D = (1 - alpha) F_S + alpha F_R", kind="dual",
                      lead=["model", "alpha"], alpha_column=True,
                      rows=[Row("Dual-Model (pre-trained)", "dual_pretrained", f"dual_{a}", alpha=a) for a in PRE]
-                     + [Row("Dual-Model (JTDMoE)", "jtdmoe_a0.7", "jtdmoe_0.7", alpha=0.7)])],
+                     + [Row(f"Dual-Model (JTDMoE{form})", run, "jtdmoe_0.7", alpha=0.7) for form, run in JTDMOE])],
         notes=["Dual rows: RA attacks the dual model, RA-RMoE the robust MoE alone, RA-SMoE the standard MoE alone; "
                "accuracy is always that of the dual model at x_adv. The pre-trained dual model mixes runs `st` and "
-               "`rter`; JTDMoE is run `jtdmoe_a0.7`."]),
+               "`rter`; " + JTDMOE_NOTE]),
     "table4": dict(title="pre-trained dual model vs JTDMoE at alpha 0.7 under AutoAttack", kind="dual", attack="aa",
-                   lead=["method"], rows=[Row("Pre-trained", "dual_pretrained", "pretrained", alpha=0.7),
-                                          Row("JTDMoE", "jtdmoe_a0.7", "jtdmoe", alpha=0.7)]),
+                   lead=["method"], rows=[Row("Pre-trained", "dual_pretrained", "pretrained", alpha=0.7)]
+                   + [Row(f"JTDMoE{form}", run, "jtdmoe", alpha=0.7) for form, run in JTDMOE],
+                   notes=[JTDMOE_NOTE]),
     "table5": dict(title="per-class margin improvement of JTDMoE over the pre-trained dual model, alpha 0.7",
                    kind="margins", runs=("dual_pretrained", "jtdmoe_a0.7"), alpha=0.7,
                    lead=["class", "margin pre-trained (%)", "margin JTDMoE (%)", "improvement (pp)", "relative (%)",
@@ -252,10 +262,14 @@ TABLES = {
     "table8": dict(title="RT-ER with E = 3, 4, 5 experts, PGD", lead=["E"],
                    rows=[Row("3", "rter_e3"), Row("4", "rter"), Row("5", "rter_e5")]),
     "table9": dict(title="RT-ER with beta = 1, 3, 6, 9 (beta 9 collapses in the paper), PGD", lead=["beta"],
-        rows=[Row("1", "rter_b1"), Row("3", "rter_b3"), Row("6", "rter"), Row("9", "rter_b9")],
+        rows=[Row("1", "rter_b1"), Row("3", "rter_b3"), Row("6", "rter_b6", "rter"), Row("9", "rter_b9"),
+              Row("6 (Eq. 2: run `rter`)", "rter")],
         extra=("status", Report.status),  # a column more: (its name, f(report, folder, evaluation) -> text)
         notes=["A run is marked collapsed when training diverged (diverged.json: NaN / inf loss) or its SA is at most "
-               "twice chance ({chance:.2f} %). The paper's beta 9 run collapsed to 10 % (chance)."]),
+               "twice chance ({chance:.2f} %; claims.md draws the same line). The paper's beta 9 run collapsed to "
+               "10 % (chance).", "Rows 1-9 train with the KL over all experts, the L_rob Table 9's text writes "
+               "(sum_i KL(f_Ri(x + delta), f_Ri(x))); the last row is run `rter` (Eq. 2: the KL on the "
+               "second-ranked expert f_2 only), the paper's beta 6 cells beside both."]),
     "table10": dict(
         title={"imagenet": "AT / TRADES / RT-ER, PGD (ImageNet, ViT-small experts)", "*": "AT / TRADES / RT-ER, PGD"},
         lead=["method"], rows=[Row("AT", "at"), Row("TRADES", "trades"), Row("RT-ER", "rter")],
@@ -301,7 +315,7 @@ def main(argv=None):
             "runs": claims.compact(report.runs)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(clean(blob), f, indent=1, sort_keys=True, allow_nan=False, default=str)
-    claims.write(report.runs, out)
+    claims.write(report.runs, out, report.num_classes)
     print(f"wrote {out}: table1-10.md, tableA1-A2.md, claims.md, attacks.md, fig2-7.png, figA2.png, routing.png, "
           "results.json")
     for p in problems:

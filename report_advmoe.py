@@ -8,12 +8,13 @@ from report_data import NA, cell, finite, fmt, merge
 # A row: lead cells, run (its seeds are found by folder name), the paper's key, and the train_at.py settings the
 # run must have been trained with (checked against its args.json).
 CostRow = namedtuple("CostRow", "lead run paper flags")
-# The five models of the appendix: (row name, run and paper key, train_at.py flags apart from --scale and --steps)
-METHODS = (("AT (Dense)", "dense", dict(method="at", experts=1)),
-           ("AT (S-Dense)", "sdense", dict(method="at", experts=1)),
-           ("AT (Sparse)", "sparse", dict(method="sparse", experts=1)),
-           ("AT (MoE)", "moe", dict(method="at", experts=4)),
-           ("AdvMoE", "advmoe", dict(method="advmoe", experts=4)))
+# The five models of the appendix: (row name, run and paper key, training flags apart from --scale and --steps).
+# Every row is TRADES-trained, as the public code trains its baselines (train_ori.py) and AdvMoE (train_moe.py)
+METHODS = (("AT (Dense)", "dense", dict(method="trades", experts=1)),
+           ("AT (S-Dense)", "sdense", dict(method="trades", experts=1)),
+           ("AT (Sparse)", "sparse", dict(method="sparse", loss="trades", experts=1)),
+           ("AT (MoE)", "moe", dict(method="trades", experts=4)),
+           ("AdvMoE", "advmoe", dict(method="advmoe", loss="trades", experts=4)))
 SCALES = ("0.2", "0.5", "0.8")  # Table A2's model scales r (run names and paper keys say them as written here)
 # (column, record key, eval_<attack>.json, key in it); the paper's tuples list the same numbers in this order
 A1_METRICS = [("RA", "ra", "pgd", "ra"), ("RA-AA", "ra_aa", "aa", "ra"), ("SA", "sa", "pgd", "sa")]
@@ -152,7 +153,8 @@ def blocks(rows_of, metrics, lead):
             for key, name, infix in BACKBONES]
 
 
-ROWS_NOTE = ("Rows are `train_at.py` runs (`--arch` the block's backbone): " + "; ".join(
+ROWS_NOTE = ("Rows are train_at.py / train_sparse.py / train_advmoe.py runs (`--arch` the block's backbone), every "
+             "one TRADES-trained (beta 6) as the public code trains the appendix's baselines and AdvMoE: " + "; ".join(
     f"{lead} `{flag_text(flags)} --scale {'1' if key == 'dense' else 'r'}`" for lead, key, flags in METHODS) +
     "{steps}. S-Dense is the dense network at width r, Sparse a dense network whose HYDRA-style structured channel "
     "masks keep a share r, MoE / AdvMoE have 4 experts of width r each, one picked per layer and input.")

@@ -63,6 +63,10 @@ def load_runs(runs_dir, problems):
             {"message": "diverged.json present" if diverged is None else str(diverged)}
     return runs
 
+def collapse_sa(num_classes):
+    """SA (%) at or below which a run counts as collapsed: twice chance (Table 9's status and claims.md alike)."""
+    return 200 / num_classes
+
 def finite(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

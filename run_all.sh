@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # usage: bash run_all.sh [digits|cifar10|cifar100|tinyimagenet|imagenet] [--quick] [--jobs N] [--seeds N] [--allow-cpu]
-#                        [--data-dir DIR] [--dry-run]
+#                        [--data-dir DIR] [--no-pretrained] [--dry-run]
 # Every table and figure of the paper on one preset: make trains and evaluates the runs the Makefile lists, then
 # report.py writes tables, figures and results.json. Resumable: run it again after an interruption. Presets: digits
 # (default; offline, CPU), cifar10, cifar100 (AdvMoE's Table A2 only), tinyimagenet, imagenet (Table 10): GPU (or
 # --allow-cpu) and data (--data-dir, DATA_DIR, ./data). --quick: smoke run; --jobs N at once (default 2 on digits,
-# else 1); --seeds N: seeds 0..N-1, seed k >= 1 in <run>-seed<k>; --dry-run: make -n. Environment: RUNS_DIR
+# else 1); --seeds N: seeds 0..N-1, seed k >= 1 in <run>-seed<k>; --no-pretrained: ViT experts (TinyImageNet,
+# ImageNet) start from random weights, not the hub's (make PRETRAINED=); --dry-run: make -n. Environment: RUNS_DIR
 # (runs/<preset>[-quick]), RESULTS_DIR (RUNS_DIR/results), EVAL_N / AA_N (test points of the final PGD / AutoAttack
 # evaluations: all, AA_N 100 on digits).
 set -uo pipefail
 die() { echo "run_all: $*" >&2; exit 1; }
 bad() { echo "run_all: $*; see bash run_all.sh --help" >&2; exit 2; }
 
-PRESET="" QUICK="" JOBS="" SEEDS=1 ALLOW_CPU="" DRY_RUN="" DATA=${DATA_DIR:-} MAKE_PID=""
+PRESET="" QUICK="" JOBS="" SEEDS=1 ALLOW_CPU="" DRY_RUN="" DATA=${DATA_DIR:-} MAKE_PID="" NO_PRETRAINED=""
 while (($#)); do
   case $1 in
     digits|cifar10|cifar100|tinyimagenet|imagenet)
       [[ -z $PRESET ]] || bad "two presets given ($PRESET and $1)"; PRESET=$1 ;;
-    --quick) QUICK=1 ;; --allow-cpu) ALLOW_CPU=1 ;; --dry-run) DRY_RUN=1 ;;
+    --quick) QUICK=1 ;; --allow-cpu) ALLOW_CPU=1 ;; --dry-run) DRY_RUN=1 ;; --no-pretrained) NO_PRETRAINED=1 ;;
     --jobs=*|--seeds=*|--data-dir=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
     --jobs|--seeds|--data-dir) (($# >= 2)) || bad "$1 needs a value"
       case $1 in --jobs) JOBS=$2 ;; --seeds) SEEDS=$2 ;; *) DATA=$2 ;; esac; shift ;;
@@ -35,8 +36,10 @@ RESULTS=$(realpath -m "${RESULTS_DIR:-$RUNS/results}")
 DATA=$(realpath -m "${DATA:-$HERE/data}")
 cd "$HERE" || die "cannot enter $HERE"
 command -v python >/dev/null || die "no 'python' on PATH: activate the project's venv first (. .venv/bin/activate)"
-MAKE=(make -s -j "$JOBS" -f Makefile PRESET="$PRESET" QUICK="$QUICK" SEEDS="$SEEDS" RUNS="$RUNS" DATA="$DATA")
+MAKE=(make -s -j "$JOBS" -f Makefile PRESET="$PRESET" QUICK="$QUICK" SEEDS="$SEEDS" RUNS="$RUNS" DATA="$DATA"
+  ${NO_PRETRAINED:+PRETRAINED=})
 COMMAND="bash run_all.sh $PRESET${QUICK:+ --quick}$( ((SEEDS == 1)) || echo " --seeds $SEEDS")"
+COMMAND+=${NO_PRETRAINED:+ --no-pretrained}
 REPORT=(python report.py "$PRESET" --runs "$RUNS" --out "$RESULTS" --command "$COMMAND" ${QUICK:+--quick})
 [[ -z $DRY_RUN ]] || { echo "run_all: dry run of preset $PRESET: what would run now (no GPU or data check)"
   "${MAKE[@]}" -n && echo "${REPORT[*]}"; exit; }
@@ -55,11 +58,15 @@ ON_GPU=""  # digits asks torch only where a driver is (an import less)
 mkdir -p "$RUNS" && exec 9>>"$RUNS/.lock" || die "cannot create $RUNS/.lock"  # every job inherits the lock (fd 9)
 flock -n 9 || die "another run_all.sh (or a job left from one, even by a kill -9) is still working in $RUNS; wait" \
   "for it to end or stop it (fuser -k $RUNS/.lock), then run this again"
+export RUN_ALL_FAILED=$RUNS/.failed  # the failing job's message (Makefile JOB_SCRIPT), said again as the last line
+: >"$RUN_ALL_FAILED" || die "cannot write $RUN_ALL_FAILED"
 echo "run_all: preset $PRESET${QUICK:+ (quick)}, $SEEDS seed(s), $JOBS job(s) at once on ${ON_GPU:-CPU}; runs in $RUNS"
 stop() {  # exit status, why (none: the failing job said why); make and its jobs are one process group (set -m)
   [[ -z ${2:-} ]] || echo "run_all: $2: stopping the jobs. Run the same command again to go on (done work stays)" >&2
   kill -TERM -- "-$MAKE_PID" 2>/dev/null; wait $MAKE_PID
-  while kill -0 -- "-$MAKE_PID" 2>/dev/null; do sleep 0.1; done; exit "$1"  # until the last job is gone
+  while kill -0 -- "-$MAKE_PID" 2>/dev/null; do sleep 0.1; done  # until the last job is gone
+  [[ ! -s $RUN_ALL_FAILED ]] || cat "$RUN_ALL_FAILED" >&2  # after make's own noise (make: *** wait: ...)
+  exit "$1"
 }
 trap 'stop 130 interrupted' INT TERM HUP; trap 'stop 1' USR1  # USR1: a job failed (Makefile JOB_SCRIPT) and said why
 export RUN_ALL_PID=$$; set -m; "${MAKE[@]}" </dev/null & MAKE_PID=$!; set +m

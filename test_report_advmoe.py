@@ -1,5 +1,7 @@
 """report.py's Tables A1, A2 and Figure A2 (the AdvMoE appendix): cells over seeds, GMACs, paper cells, n/a."""
 import json
+import os
+import re
 
 import pytest
 
@@ -131,3 +133,15 @@ def test_the_appendix_printed_reductions_follow_from_its_gflops():
                 low, high = (100 * (1 - (gflops + d) / dense) for d in (0.005, -0.005))
                 known = (table, backbone, r) == ("tableA2", "wrn28_10", "0.8") and method in ("sdense", "sparse")
                 assert (printed == 38) if known else low - 0.5 <= printed <= high + 0.5, (table, backbone, method, r)
+
+
+def test_quick_keeps_the_train_steps_table_a1_rows_need():
+    """--quick trains with 2-step PGD, but Table A1's rows name 10 steps: their runs keep them."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(["make", "-n", "-f", "Makefile", "QUICK=1", "RUNS=/nonexistent/runs"], cwd=here,
+                          capture_output=True, text=True, timeout=120)
+    trains = {m.group(1): re.findall(r"--steps (\d+)", line) for line in proc.stdout.splitlines()
+              if (m := re.search(r"--out /nonexistent/runs/(\S+) --resume", line))}
+    assert trains["a1_moe"] and all(steps[-1] == "10" for run, steps in trains.items() if run.startswith("a1_"))
+    assert trains["rter"][-1] == "2"  # the other runs: quick's 2 steps

@@ -16,8 +16,9 @@ RUN_ALL = os.path.join(HERE, "run_all.sh")
 PNG = b"\x89PNG\r\n\x1a\n"
 STAGE = re.compile(r"^\[\d\d:\d\d:\d\d\] (\w+) (\S+) (\w+)")  # "[12:00:01] done st train (21s)"
 QUICK = ["digits", "--quick", "--jobs", "2"]
-RUNS = ["st", "rter", "at", "dual_pretrained", "jtdmoe_a0.7", "jtdmoe_a0.5", "jtdmoe_a0.6", "jtdmoe_a0.8", "trades",
-        "advmoe", "rter_b1", "rter_b3", "rter_b9", "rter_top2", "at_top2", "rter_e5", "rter_e3"]
+RUNS = ["st", "rter", "at", "dual_pretrained", "jtdmoe_a0.7", "jtdmoe_pub_a0.7", "jtdmoe_a0.5", "jtdmoe_a0.6",
+        "jtdmoe_a0.8", "trades", "advmoe", "rter_b1", "rter_b3", "rter_b6", "rter_b9", "rter_top2", "at_top2", "rter_e5",
+        "rter_e3"]
 CNN = ["dense"] + [m + "{}" for m in ("sdense", "sparse", "moe", "advmoe")]  # the MoE-CNN runs of Tables A1 / A2
 A1, A2_QUICK = [f"a1_{m.format('')}" for m in CNN], [f"a2_{m.format('_r0.5')}" for m in CNN]
 
@@ -293,12 +294,13 @@ def test_dry_run_shows_the_paper_settings(tmp_path):
     assert "--alphas 0.5,0.6,0.7,0.8,0.9,1.0" in out and "--attack pgd,aa,smooth" in out
     a1 = [f"{t}_{m.format('')}" for t in ("a1", "a1w") for m in CNN]
     a2 = [f"{t}_{m.format(f'_r{r}')}" for t in ("a2", "a2w") for m in CNN for r in (0.2, 0.5, 0.8)]
-    assert len(trains) == 16 + 10 + 26 and len(evals) == 14 + 10 + 26
+    assert len(trains) == 18 + 10 + 26 and len(evals) == 19 + 10 + 26
     assert {re.search(r"/runs/([^/ ]+)/", line).group(1) for line in trains + evals} == set(RUNS + a1 + a2)
-    assert (f"train_at.py --method sparse --scale 0.5 --steps 10 --init {tmp_path}/runs/a1w_dense/ckpt.pt "
+    assert (f"train_sparse.py --loss trades --scale 0.5 --steps 10 --init {tmp_path}/runs/a1w_dense/ckpt.pt "
             "--dataset cifar10 --arch moe_wrn28_10 --amp --channels-last --data-dir /nonexistent --eval-n 1000 "
             "--epochs 200") in out  # AT (Sparse): HYDRA prunes its table's AT (Dense); 100 + 100 epochs
-    assert ("train_at.py --method advmoe --scale 0.2 --steps 2 --dataset cifar10 --arch moe_resnet18 --amp "
+    assert ("train_advmoe.py --loss trades --scale 0.2 --steps 2 --step-size 0.0196078 --dataset cifar10 "
+            "--arch moe_resnet18 --amp "
             "--channels-last --data-dir /nonexistent --eval-n 1000 --epochs 100") in out
     assert f"eval.py --ckpt {tmp_path}/runs/a1_moe/ckpt.pt --attack pgd,aa " in out
     assert f"python report.py cifar10 --runs {tmp_path}/runs --out {tmp_path}/runs/results" in out
@@ -314,7 +316,7 @@ def test_seeds_run_in_seed_folders_with_their_own_st_and_rter(tmp_path):
     out, trains, evals = dry_run([*QUICK, "--seeds", "2"], tmp_path, EVAL_N="7", AA_N="3", RESULTS_DIR="res")
     assert f"--out {tmp_path}/res --command" in out  # RESULTS_DIR, relative to where run_all was started
     runs = tmp_path / "runs"
-    assert len(trains) == 32 + 20 and len(evals) == 28 + 20  # + the quick Tables A1 / A2 (r = 0.5 only)
+    assert len(trains) == 36 + 20 and len(evals) == 38 + 20  # + the quick Tables A1 / A2 (r = 0.5 only)
     for line in trains:
         run = re.search(r"--out (\S+) --resume$", line).group(1)
         assert (" --seed 1 " in line) == run.endswith("-seed1") and " --seed 0" not in line, line
