@@ -223,6 +223,12 @@ def test_eval_cli_on_jtdmoe_checkpoint_gives_a_dual_row(eval_cli):
     for key in ("sa", "ra", "ra_rmoe", "ra_smoe"):
         assert 0 <= row[key] <= 100 and (row[key] * 40 / 100) == pytest.approx(round(row[key] * 40 / 100))
     assert (eval_cli.tmp / "eval_jtd" / "eval_pgd.md").exists()
+    # Table 5's claim pairs points: per-point margins of F_R, whose class means are margin_rob, and the labels
+    labels, points = result["labels"], row["margin_rob_points"]
+    assert len(labels) == len(points) == 40 and all(-1 <= m <= 1 for m in points)
+    for c, mean in enumerate(row["margin_rob"]):
+        mine = [m for m, y in zip(points, labels) if y == c]
+        assert (mean != mean and not mine) or mean == pytest.approx(sum(mine) / len(mine), abs=1e-5)
 
 
 def test_eval_cli_pretrained_pair_at_alpha_one_is_the_robust_moe(eval_cli):
