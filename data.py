@@ -89,7 +89,7 @@ CIFAR = {"cifar10": ("CIFAR10", "CIFAR-10"), "cifar100": ("CIFAR100", "CIFAR-100
 
 
 def load_cifar(name: str, data_dir: str, download: bool):
-    """CIFAR-10 or CIFAR-100 (fine labels) from the python version, through torchvision's class."""
+    """CIFAR-10 or CIFAR-100 (fine labels) from the python version; torchvision only downloads (md5-checked)."""
     from torchvision import datasets
     cls, title = getattr(datasets, CIFAR[name][0]), CIFAR[name][1]
     where = os.path.join(data_dir, cls.base_folder)
@@ -97,16 +97,41 @@ def load_cifar(name: str, data_dir: str, download: bool):
         raise FileNotFoundError(
             f"{title} not found: looked for {where}; run with --download, or unpack the python version "
             f"of {title} ({cls.filename}) into --data-dir")
+    if download:
+        try:
+            cls(data_dir, train=True, download=True)
+        except (OSError, RuntimeError) as exc:  # no network, refused connection, disk full, a corrupted download
+            raise FileNotFoundError(f"could not download {title} into {data_dir} ({exc}); "
+                                    f"fetch {cls.filename} by hand and unpack it there") from None
+    # read here, not through torchvision's class: its md5 check refuses any file but the real one, so a few
+    # images in the real format (the paper presets' smoke test) could not run; a damaged file still fails below
+    label = "fine_labels" if name == "cifar100" else "labels"
+    splits = []
+    for files in ([f for f, _ in cls.train_list], [f for f, _ in cls.test_list]):
+        xs, ys = [], []
+        for f in files:
+            blob = read_pickle(os.path.join(where, f), title, where)
+            xs.append(torch.as_tensor(blob["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
+            ys.extend(blob[label])
+        splits.append(ImageTensors(torch.cat(xs), torch.tensor(ys)))
+    read_pickle(os.path.join(where, cls.meta["filename"]), title, where)  # the class names: part of the set
+    return splits
+
+
+def read_pickle(path: str, title: str, where: str) -> dict:
+    """One file of the python version of CIFAR; a one-line FileNotFoundError when missing or damaged."""
+    import pickle
     try:
-        splits = [cls(data_dir, train=train, download=download) for train in (True, False)]
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(f"{title} in {where} is incomplete or corrupted ({exc}); "
-                                "delete it and run with --download") from None
-    except OSError as exc:  # no network, refused connection, disk full
-        raise FileNotFoundError(f"could not download {title} into {data_dir} ({exc}); "
-                                f"fetch {cls.filename} by hand and unpack it there") from None
-    return [ImageTensors(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(d.targets))
-            for d in splits]
+        with open(path, "rb") as f:
+            blob = pickle.load(f, encoding="latin1")
+        if not path.endswith("meta"):
+            n = len(blob["data"])
+            if len(blob.get("labels", blob.get("fine_labels", ()))) != n or blob["data"].shape[1:] != (3072,):
+                raise ValueError("images and labels disagree")
+    except Exception as exc:  # missing, truncated or another format: unpickling raises many kinds
+        raise FileNotFoundError(f"{title} in {where} is incomplete or corrupted ({os.path.basename(path)}: "
+                                f"{type(exc).__name__}); delete it and run with --download") from None
+    return blob
 
 
 def read_rgb(path: str) -> torch.Tensor:

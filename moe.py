@@ -56,19 +56,62 @@ def resnet18_cifar(num_classes: int, in_chans: int = 3) -> nn.Module:
     return model
 
 
-def vit_small(num_classes: int, in_chans: int = 3, img_size: int = 224, pretrained: bool = False) -> nn.Module:
-    """timm ViT-S/16 sized for the data; pretrained=True loads ImageNet weights from the hub."""
+VIT_SIZE = 224  # the resolution ViT-S/16's ImageNet weights were trained at: 14 x 14 patches
+
+
+class ViTExpert(nn.Module):
+    """timm ViT-S/16 at 224 x 224, its input resized (bilinear) from whatever the data's size is. The router, the data
+    and the eps-ball stay at the data's size (TinyImageNet: 64 x 64), so the attack budget keeps its meaning; the
+    pretrained weights see the 196 tokens they were trained on (at 64 x 64 a ViT-S/16 has 16), as in the public code."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x):
+        if x.shape[-2:] != (VIT_SIZE, VIT_SIZE):
+            x = F.interpolate(x, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)
+        return self.vit(x)
+
+
+HUB_OFFLINE = None  # hub_offline()'s answer
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is unreachable (checked once a process): then only the local cache is read."""
+    global HUB_OFFLINE
+    if HUB_OFFLINE is None:
+        import socket
+        from urllib.parse import urlparse
+        import huggingface_hub.constants as hf
+        url = urlparse(hf.ENDPOINT)
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+            HUB_OFFLINE = bool(hf.HF_HUB_OFFLINE)
+        except OSError:
+            HUB_OFFLINE = True
+    return HUB_OFFLINE
+
+
+def vit_small(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> nn.Module:
+    """A ViTExpert; pretrained=True loads ImageNet weights from the hub (its cache when the hub is unreachable)."""
     import timm
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, img_size=VIT_SIZE)
     if not pretrained:
-        return timm.create_model("vit_small_patch16_224", pretrained=False, **kwargs)
+        return ViTExpert(timm.create_model("vit_small_patch16_224", pretrained=False, **kwargs))
+    import huggingface_hub.constants as hf
+    offline, hf.HF_HUB_OFFLINE = hf.HF_HUB_OFFLINE, hub_offline()  # offline: no minute of download retries
     try:
-        return timm.create_model("vit_small_patch16_224", pretrained=True, **kwargs)
+        return ViTExpert(timm.create_model("vit_small_patch16_224", pretrained=True, **kwargs))
     except Exception as exc:  # hub unreachable, cache empty, ...: timm raises many kinds
+        why = ("the Hugging Face hub is unreachable and its cache lacks them" if hf.HF_HUB_OFFLINE else
+               f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
         raise ValueError(
-            f"pretrained vit_small weights are unavailable ({type(exc).__name__}: {exc}); "
-            "connect to the Hugging Face hub once to fill its cache, or run without --pretrained"
+            f"pretrained vit_small weights are unavailable ({why}); connect to the hub once to fill its cache "
+            f"({hf.HF_HUB_CACHE}), or run without --pretrained"
         ) from None
+    finally:
+        hf.HF_HUB_OFFLINE = offline
 
 
 def build_expert(arch: str, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False) -> nn.Module:
@@ -78,7 +121,7 @@ def build_expert(arch: str, num_classes: int, in_chans: int, img_size: int, pret
     if arch == "resnet18":
         return resnet18_cifar(num_classes, in_chans)
     if arch == "vit_small":
-        return vit_small(num_classes, in_chans, img_size, pretrained)
+        return vit_small(num_classes, in_chans, pretrained)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
 
 

@@ -112,11 +112,16 @@ class Block(nn.Module):
             out = inner(F.relu(self.bn2(self.conv1(a, route))))
             out = stream(self.conv2(out, route))
             return out + (stream(self.shortcut(a[:, :, ::self.stride, ::self.stride])) if self.shortcut is not None
-                          else x)
+                          else self.identity(x, stream, stream_in))
         out = F.relu(inner(self.bn1(self.conv1(x, route))))
         out = stream(self.bn2(self.conv2(out, route)))
         return F.relu(out + (stream(self.shortcut(x[:, :, ::self.stride, ::self.stride])) if self.shortcut is not None
-                             else x))
+                             else self.identity(x, stream, stream_in)))
+
+    @staticmethod
+    def identity(x, stream, stream_in):
+        """The identity shortcut; entering a pruned stage (a new mask, same channels) it keeps the stage's channels."""
+        return x if stream is stream_in else stream(x)
 
 
 class Router(nn.Module):
@@ -159,15 +164,16 @@ class MoECNN(nn.Module):
                                             bias=False),
                                   *([] if cfg["preact"] else [nn.BatchNorm2d(cfg["stem"]), nn.ReLU()]),
                                   *([nn.MaxPool2d(3, 2, 1)] if big else []))
-        # a shortcut convolution where the dense, the scaled or the pruned shapes change, so that a pruned network
-        # and the dense one of width r it compacts to have the same layers
-        stages, c_in, dense_in, kept_in = [], cfg["stem"], cfg["stem"], cfg["stem"]
+        # a shortcut convolution where the full-width or the scaled shapes change. A pruned network has exactly the
+        # full-width network's layers, so AT (Dense) loads into it whole; where only its kept channels change (ResNet's
+        # stage 0: stem 64 -> 32 kept) its identity is masked, and compact() writes that selection as a 1x1 conv
+        stages, c_in, dense_in = [], cfg["stem"], cfg["stem"]
         for i, (dense, blocks) in enumerate(zip(cfg["widths"], cfg["blocks"])):
-            w, kept = width(dense, scale), width(dense, prune or scale)
+            w = width(dense, scale)
             stages.append(nn.ModuleList(
                 Block(c_in if b == 0 else w, w, 2 if i and b == 0 else 1, experts, cfg["preact"],
-                      b == 0 and (i > 0 or dense_in != dense or kept_in != kept)) for b in range(blocks)))
-            c_in, dense_in, kept_in = w, dense, kept
+                      b == 0 and (i > 0 or dense_in != dense or c_in != w)) for b in range(blocks)))
+            c_in, dense_in = w, dense
         self.stages = nn.ModuleList(stages)
         self.final_bn = nn.BatchNorm2d(c_in) if cfg["preact"] else None
         self.pool = nn.AdaptiveAvgPool2d(cfg["pool"])
@@ -243,6 +249,8 @@ class MoECNN(nn.Module):
                     small_block.shortcut[0].weight.data = block.shortcut[0].weight.data[keep][:, keep_in].clone()
                     if len(block.shortcut) > 1:
                         slice_bn(small_block.shortcut[1], block.shortcut[1], keep)
+                elif small_block.shortcut is not None:  # the masked identity: pick the kept channels
+                    select(small_block.shortcut, keep, len(keep_in))
                 keep_in = keep
         if self.final_bn is not None:
             slice_bn(small.final_bn, self.final_bn, keep_in)
@@ -257,6 +265,17 @@ def slice_bn(small: nn.BatchNorm2d, full: nn.BatchNorm2d, keep: torch.Tensor) ->
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(small, name).data = getattr(full, name).data[keep].clone()
     small.num_batches_tracked.copy_(full.num_batches_tracked)
+
+
+def select(shortcut: nn.Sequential, keep: torch.Tensor, c_in: int) -> None:
+    """Make a 1x1 conv (+ BN) shortcut pick channels `keep` of its c_in inputs: exact in eval mode (BN scales by 1).
+    Post-activation blocks only: no pre-activation arch has a stage as wide as its stem."""
+    weight = torch.zeros(len(keep), c_in, 1, 1, device=shortcut[0].weight.device)
+    weight[torch.arange(len(keep)), keep.to(weight.device)] = 1.0
+    shortcut[0].weight.data = weight
+    bn = shortcut[1]
+    bn.running_mean.zero_(), bn.bias.data.zero_(), bn.running_var.fill_(1.0)
+    bn.weight.data.fill_((1.0 + bn.eps) ** 0.5)
 
 
 def build_moe_cnn(arch: str, experts: int, scale: float, num_classes: int, in_shape, mean=None, std=None,

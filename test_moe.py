@@ -182,7 +182,7 @@ def test_pretrained_vit_offline_is_a_clear_value_error(tmp_path, monkeypatch):
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
     t0 = time.time()
     with pytest.raises(ValueError, match="--pretrained") as err:
-        moe.vit_small(10, 3, 32, pretrained=True)
+        moe.vit_small(10, 3, pretrained=True)
     assert "\n" not in str(err.value)
     assert time.time() - t0 < 30
 
@@ -190,3 +190,19 @@ def test_pretrained_vit_offline_is_a_clear_value_error(tmp_path, monkeypatch):
 def test_moe_and_attacks_stand_alone(standalone_import):
     proc = standalone_import.result()
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_pretrained_vit_reads_a_local_stand_in_offline_and_sees_224_pixels(tmp_path, monkeypatch):
+    """With the hub unreachable, --pretrained reads the cache; the expert resizes 64 x 64 inputs to 224 x 224."""
+    import huggingface_hub.constants as hf
+    from conftest import vit_stand_in
+    from safetensors.torch import load_file
+    saved = load_file(str(vit_stand_in(tmp_path)))
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(moe, "HUB_OFFLINE", True)
+    expert = moe.vit_small(200, 3, pretrained=True)
+    assert torch.equal(expert.vit.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
+    assert expert.vit.head.out_features == 200 and expert.vit.pos_embed.shape[1] == 197  # 14 x 14 patches + class
+    seen = []
+    expert.vit.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    assert expert(torch.rand(2, 3, 64, 64)).shape == (2, 200) and seen == [(2, 3, 224, 224)]

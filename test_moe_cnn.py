@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import train_advmoe
 import train_at
+import train_sparse
 from checkpoint import load_checkpoint, model_from_checkpoint
 from moe_cnn import build_moe_cnn, gflops
 
@@ -127,7 +129,28 @@ def test_gmacs_of_s_dense_at_half_width_are_about_a_quarter_of_dense():
     assert half["pathway"] < moe["pathway"] < 1.05 * half["pathway"]  # the pathway plus the small router
     assert moe["masked"] > 3.5 * moe["pathway"]  # the masked form runs all 4 experts
     assert sparse["pathway"] == pytest.approx(half["pathway"])  # its compact form is the network of width r
-    assert sparse["masked"] == pytest.approx(dense["masked"], rel=0.01)  # plus a 1x1 shortcut where widths part
+    assert sparse["masked"] == pytest.approx(dense["masked"])  # the dense network times its masks, no extra layer
+
+
+@pytest.mark.parametrize("arch", ["moe_cnn", "moe_resnet18", "moe_wrn28_10"])
+def test_sparse_starts_from_its_tables_dense_run_with_every_weight(arch, tmp_path):
+    """AT (Dense) trained one step, then AT (Sparse)'s --init: at mask = all-ones the pruned net is the dense one."""
+    from checkpoint import build_model_from_args, load_dense_weights
+    from test_data import write_cifar
+    write_cifar(tmp_path / "data", per_batch=1, n_test=2)  # 5 training images: one step of batch 5
+    ckpt = str(tmp_path / "dense" / "ckpt.pt")
+    train_at.main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--arch", arch, "--method", "at",
+                   "--experts", "1", "--scale", "1", "--epochs", "1", "--bs", "5", "--steps", "1", "--eval-n", "2",
+                   "--eval-steps", "1", "--out", str(tmp_path / "dense")])
+    dense, saved = model_from_checkpoint(ckpt)
+    sparse = build_model_from_args({**saved["args"], "method": "sparse", "scale": 0.5})
+    load_dense_weights(sparse, ckpt)
+    for mask in sparse.masks():
+        mask.kept = len(mask.scores)  # keep every channel
+    x = torch.rand(2, 3, 32, 32)
+    for mode in (False, True):
+        dense.train(mode), sparse.train(mode)
+        torch.testing.assert_close(sparse(x), dense(x))
 
 
 TINY = ["--dataset", "digits", "--arch", "moe_cnn", "--scale", "0.5", "--bs", "400", "--eval-n", "40",
@@ -145,8 +168,8 @@ def test_sparse_learns_its_mask_with_the_weights_frozen_then_fine_tunes_with_the
     dense_out, out = tmp_path / "dense", tmp_path / "sparse"
     train_at.main([*TINY, "--method", "at", "--experts", "1", "--scale", "1", "--epochs", "1", "--out", str(dense_out)])
     dense = snapshots.pop()
-    model = train_at.main([*TINY, "--method", "sparse", "--epochs", "4", "--mask-epochs", "2", "--lr", "0.5",
-                           "--init", str(dense_out / "ckpt.pt"), "--out", str(out)])
+    model = train_sparse.main([*TINY, "--epochs", "4", "--mask-epochs", "2", "--lr", "0.5",
+                               "--init", str(dense_out / "ckpt.pt"), "--out", str(out)])
     scores = [k for k in snapshots[0] if k.endswith(".scores")]
     convs = [k for k in snapshots[0] if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
     masks = [[torch.topk(s[k].abs(), model.get_submodule(k[:-7]).kept).indices.sort().values for k in scores]
@@ -165,22 +188,23 @@ def test_sparse_learns_its_mask_with_the_weights_frozen_then_fine_tunes_with_the
 
 
 def test_moe_cnn_runs_take_the_seeds_optimiser_settings_by_default(tmp_path):
-    train_at.main([*TINY, "--method", "advmoe", "--epochs", "1", "--out", str(tmp_path / "a")])
+    train_advmoe.main([*TINY, "--epochs", "1", "--out", str(tmp_path / "a")])
     a = load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))["args"]
-    assert (a["opt"], a["lr"], a["wd"], a["sched"], a["experts"]) == ("sgd", 0.1, 5e-4, "cosine", 4)
-    assert set(load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))["optimizer"]) == {"router", "experts"}
+    assert (a["opt"], a["lr"], a["wd"], a["sched"], a["experts"], a["loss"]) == ("sgd", 0.1, 5e-4, "cosine", 4,
+                                                                                 "trades")
+    assert set(load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))["optimizer"]) == {"router", "backbone"}
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--method", "sparse", "--experts", "2"], "--experts 1"),
-    (["--method", "advmoe", "--experts", "1"], "--experts >= 2"),
-    (["--method", "at", "--topk", "2"], "top-1"),
-    (["--method", "at", "--arch", "cnn", "--scale", "0.5"], "MoE-CNN archs"),
-    (["--method", "sparse", "--epochs", "2", "--mask-epochs", "2"], "--mask-epochs"),
+@pytest.mark.parametrize("script,argv,message", [
+    ("train_sparse", ["--experts", "2"], "--experts 1"),
+    ("train_advmoe", ["--experts", "1"], "--experts >= 2"),
+    ("train_at", ["--method", "at", "--topk", "2"], "top-1"),
+    ("train_at", ["--method", "at", "--arch", "cnn", "--scale", "0.5"], "MoE-CNN archs"),
+    ("train_sparse", ["--epochs", "2", "--mask-epochs", "2"], "--mask-epochs"),
 ])
-def test_bad_moe_cnn_flags_are_one_line(tmp_path, argv, message):
+def test_bad_moe_cnn_flags_are_one_line(tmp_path, script, argv, message):
     with pytest.raises(ValueError, match=message) as err:
-        train_at.main([*TINY, "--epochs", "1", *argv, "--out", str(tmp_path / "x")])
+        __import__(script).main([*TINY, "--epochs", "1", *argv, "--out", str(tmp_path / "x")])
     assert "\n" not in str(err.value)
 
 
