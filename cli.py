@@ -49,6 +49,8 @@ def pick_device(name: str = "auto", local_rank: int = None) -> torch.device:
             raise ValueError(f"--device {name} asked for, but no GPU is visible")
         if local_rank is not None:
             name = f"cuda:{local_rank}"
+        elif name == "cuda":  # an index, which torch.cuda.set_device and fork_rng need (torch 2.11 refuses "cuda")
+            name = f"cuda:{torch.cuda.current_device()}"
         torch.cuda.set_device(torch.device(name))
     elif name != "cpu":
         raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
