@@ -1,6 +1,6 @@
 """The train_*.py scripts: what a run writes, the checkpoint format, exact resume after an interruption,
-extending a finished run, log columns, the divergence guard, every parameter trained, AdvMoE's two steps, JTDMoE's lower / upper
-steps, every method's command line and bad flags."""
+extending a finished run, log columns, the divergence guard, every parameter trained, AdvMoE's two steps,
+JTDMoE's lower / upper steps, every method's command line and bad flags."""
 import csv
 import json
 import math

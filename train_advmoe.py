@@ -2,7 +2,8 @@
 backbone (experts and every other layer) and one step on the router, the router's on a batch of a second,
 independently shuffled pass over the training set, each minimising the same robust loss w.r.t. its own parameters:
 
-  backbone: min L(theta, x, y)    router: min L(phi, x', y')    L = TRADES (--loss trades, beta 6) or Madry AT (--loss at)
+  backbone: min L(theta, x, y)    router: min L(phi, x', y')
+  L = TRADES (--loss trades, beta 6) or Madry AT (--loss at)
 So the backbone gets as many updates per epoch as AT (MoE); each part has its own optimiser and schedule.
   python train_advmoe.py --arch moe_resnet18 --scale 0.5 --dataset cifar10 --steps 2
 """

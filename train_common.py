@@ -87,7 +87,7 @@ def base_parser(description: str, method: str) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("attack budget (pixel units, images in [0, 1])")
     g.add_argument("--eps", type=number(float, 0, 1), default=None, help="l_inf budget (default per dataset)")
-    g.add_argument("--step-size", type=nonneg, default=None, help="PGD step (default eps/4)")
+    g.add_argument("--step-size", type=nonneg, default=None, help="PGD step (default eps/4; TinyImageNet 2/255)")
     g.add_argument("--steps", type=count, default=10, help="PGD steps of the training attack")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="run folder (default runs/<dataset>/<method>)")
