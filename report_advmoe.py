@@ -28,7 +28,11 @@ def shown(value):  # a flag's value as one types it: 1.0 -> 1, 0.5 -> 0.5
 
 
 def flag_text(flags):
-    return " ".join(f"--{k} {shown(v)}" for k, v in flags.items())
+    """The command of a row: train_sparse.py / train_advmoe.py for their methods (no --method), else train_at.py."""
+    method = flags.get("method")
+    script = f"train_{method}.py" if method in ("sparse", "advmoe") else "train_at.py"
+    return " ".join([script] + [f"--{k} {shown(v)}" for k, v in flags.items() if k != "method" or script ==
+                                "train_at.py"])
 
 
 def fmt_gmacs(v):  # two decimals like the paper, two significant digits below 0.1 (a digits-sized net costs ~0.001)
@@ -153,7 +157,7 @@ def blocks(rows_of, metrics, lead):
             for key, name, infix in BACKBONES]
 
 
-ROWS_NOTE = ("Rows are train_at.py / train_sparse.py / train_advmoe.py runs (`--arch` the block's backbone), every "
+ROWS_NOTE = ("Rows are these runs (`--arch` the block's backbone), every "
              "one TRADES-trained (beta 6) as the public code trains the appendix's baselines and AdvMoE: " + "; ".join(
     f"{lead} `{flag_text(flags)} --scale {'1' if key == 'dense' else 'r'}`" for lead, key, flags in METHODS) +
     "{steps}. S-Dense is the dense network at width r, Sparse a dense network whose HYDRA-style structured channel "
