@@ -11,8 +11,8 @@ import train_common as tc
 from losses import at_loss, trades_loss
 
 
-def add_loss_flags(p, methods=("at", "trades"), default="at", flag="--method"):
-    p.add_argument(flag, default=default, choices=methods, help="at: Madry AT; trades: the TRADES loss")
+def add_loss_flags(p, default="at", flag="--method"):
+    p.add_argument(flag, default=default, choices=("at", "trades"), help="at: Madry AT; trades: the TRADES loss")
     p.add_argument("--trades-beta", type=tc.number(float, 0), default=6.0, help="TRADES robustness weight")
     return p
 

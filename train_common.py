@@ -216,6 +216,7 @@ class Run:
         self.ckpt_path, self.log_path = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "log.csv")
         self.rows, self.epoch, self.step, self.saved_epoch, self.ddp = [], 0, 0, 0, None
         self.stepped = None  # the optimiser of the last update: the log's lr is its (AT (Sparse) steps one per stage)
+        self.second_loader = None  # AdvMoE's router batches, made on first use
 
     @property
     def is_main(self) -> bool:
@@ -322,7 +323,7 @@ class Run:
     def second_shuffle(self, epoch: int):
         """The epoch's training batches in a second, independently seeded order (AdvMoE's router batches)."""
         a = self.args
-        if not hasattr(self, "second_loader"):
+        if self.second_loader is None:
             self.second_loader = data.train_loader(self.train_set, self.info, a.bs, self.device, a.seed + 1_000_003,
                                                    not a.no_augment, a.workers, self.rank, self.world)
         self.second_loader.set_epoch(epoch)
