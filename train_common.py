@@ -7,6 +7,7 @@ A train script shows its own loop (nanoGPT style) and leans on `Run` for the res
         run.end_epoch(epoch)
 """
 import argparse
+import atexit
 import contextlib
 import fcntl
 import glob
@@ -202,6 +203,7 @@ class Run:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
             if not dist.is_initialized():  # a second Run in the same process joins the same group
                 dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+                atexit.register(dist.destroy_process_group)  # gloo's threads left running at exit abort the process
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)) if self.world > 1 else None)
         torch.manual_seed(args.seed + self.rank)
