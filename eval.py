@@ -30,7 +30,6 @@ from outcomes import EVAL_NAME, accuracy, worst_case
 SINGLE_TARGETS = {"pgd": ("whole", "experts", "router"), "aa": ("whole", "experts", "router"),
                   "smooth": ("smooth", "experts", "router"), "adaptive": ("whole",)}
 DUAL_TARGETS = ("dual", "rmoe", "smoe")
-AA_CPU_BATCH = 16  # points per AutoAttack call on a CPU (a step of the progress bar every few seconds)
 ALPHA_FREE = ("rmoe", "smoe")  # attacks on one MoE of the pair: one attack serves every alpha
 COLUMN = {"whole": "ra", "smooth": "ra", "dual": "ra", "experts": "ra_e", "router": "ra_r",
           "rmoe": "ra_rmoe", "smoe": "ra_smoe"}
@@ -275,8 +274,6 @@ def main(argv=None):
         n = args.aa_n if attack == "aa" and args.aa_n is not None else args.n
         x, y = (t.to(device) for t in data.test_subset(test, n))
         index = data.subset_index(len(test), n).tolist()
-        if attack == "aa" and device.type == "cpu":  # a batch is one step of the progress bar: on a CPU, AutoAttack
-            one.bs = min(args.bs, AA_CPU_BATCH)  # spends minutes on 256 points, so the bar would sit at 0 for long
         result, table = evaluate(model, x, y, index, dual, run_args, one, eps, step, info.num_classes)
         path = os.path.join(out_dir, result_name(attack))
         # written whole or not at all: run_all's make takes any JSON it finds as done

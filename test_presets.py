@@ -15,7 +15,7 @@ from test_data import save_jpeg, write_cifar, write_cifar100
 
 # one step an epoch (fewer images than a batch), 1-step attacks, 2 test points: the commands and the report must
 # work, nothing has to be learned (Table A1's 10 training steps become 1: CURVE's --steps comes last)
-SMALL = ["EPOCHS=1", "JT_EPOCHS=1", "CNN_EPOCHS=1", "SPARSE_EPOCHS=2", "EVAL_N=2", "AA_N=2", "SCALES=0.5",
+SMALL = ["EPOCHS=1", "JT_EPOCHS=1", "CNN_EPOCHS=1", "A2_EPOCHS=1", "EVAL_N=2", "AA_N=2", "SCALES=0.5",
          "CURVE=--eval-n 2 --eval-steps 1 --steps 1"]
 PATHS = ("--out", "--init", "--std", "--rob", "--data-dir", "--ckpt")
 RUN_FLAGS = ("--resume", "--seed", "--dataset", "--amp", "--channels-last")  # the GPU flags differ per preset
