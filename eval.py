@@ -89,6 +89,10 @@ def parse_args(argv=None):
     p.add_argument("--targets", type=comma_list(target_name), default=None,
                    help="comma list of attack targets to run (default: all of the table: whole,experts,router "
                         "for a single MoE, dual,rmoe,smoe for a dual model)")
+    p.add_argument("--aa-targets", type=comma_list(target_name), default=None,
+                   help="AutoAttack's targets, where they are fewer than the other attacks' (it costs the most)")
+    p.add_argument("--aa-alphas", type=comma_list(alpha_value), default=None,
+                   help="AutoAttack's alphas of a dual model, where they are fewer than --alphas")
     p.add_argument("--eps", type=cli.number(float, 0, 1), default=None,
                    help="l_inf budget in pixel units (default: the run's)")
     p.add_argument("--step-size", type=cli.number(float, 0), default=None, help="PGD step (default eps/4)")
@@ -271,6 +275,8 @@ def main(argv=None):
     for attack in args.attack:
         torch.manual_seed(args.seed)  # each attack as if it ran alone: its numbers do not depend on the list
         one = argparse.Namespace(**{**vars(args), "attack": attack})
+        if attack == "aa":
+            one.targets, one.alphas = args.aa_targets or args.targets, args.aa_alphas or args.alphas
         n = args.aa_n if attack == "aa" and args.aa_n is not None else args.n
         x, y = (t.to(device) for t in data.test_subset(test, n))
         index = data.subset_index(len(test), n).tolist()

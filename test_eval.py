@@ -72,6 +72,18 @@ def test_aa_version_reaches_the_attack_and_only_quick_is_labelled(runs, tmp_path
     assert ("aa_version" in blob) == (version == "quick")  # report titles read a missing key as standard
 
 
+def test_aa_targets_and_alphas_narrow_autoattack_only(runs, tmp_path):
+    ckpt = str(runs / "st" / "ckpt.pt")
+    small = ["--n", "12", "--aa-n", "6", "--steps", "1", "--aa-version", "quick", "--attack", "pgd,aa"]
+    single = ev.main(["--ckpt", ckpt, *small, "--aa-targets", "whole", "--out", str(tmp_path / "one")])
+    assert set(single["pgd"]["correct"]) == {"clean", "whole", "experts", "router"}
+    assert set(single["aa"]["correct"]) == {"clean", "whole"}
+    dual = ev.main(["--std", ckpt, "--rob", str(runs / "rter" / "ckpt.pt"), *small, "--alphas", "0.7,0.9",
+                    "--aa-alphas", "0.7", "--out", str(tmp_path / "dual")])
+    assert [row["alpha"] for row in dual["pgd"]["rows"]] == [0.7, 0.9]
+    assert [row["alpha"] for row in dual["aa"]["rows"]] == [0.7]
+
+
 def test_a_pair_gets_a_folder_of_its_own_beside_the_runs(runs, capsys):
     before = {run: files(runs / run) for run in ("st", "rter")}
     results = ev.main(["--std", str(runs / "st" / "ckpt.pt"), "--rob", str(runs / "rter" / "ckpt.pt"),
