@@ -1,10 +1,12 @@
-"""Datasets and loaders: digits (offline), cifar10, cifar100, tinyimagenet, imagenet, and synthetic_cifar10 /
-synthetic_tinyimagenet (random images of the real shapes and sizes: paper-shaped speed runs with no download).
+"""Datasets and loaders: digits (offline), fashion_mnist (idx files from --data-dir, the Debian package or --download),
+cifar10, cifar100, tinyimagenet, imagenet, and synthetic_cifar10 / synthetic_tinyimagenet (random images of the real
+shapes and sizes: paper-shaped speed runs with no download).
 Images come out as pixels in [0, 1].
 
 Small datasets are held as uint8 tensors and augmented on the device (random crop with padding, flip);
 ImageNet goes through torchvision's ImageFolder and a DataLoader.
 """
+import gzip
 import os
 from dataclasses import dataclass
 
@@ -26,6 +28,8 @@ class DatasetInfo:
 DATASETS = {
     # digits: mean / std of the fixed training split; no flip (a mirrored digit is another symbol).
     "digits": DatasetInfo(10, (1, 8, 8), (0.3054,), (0.3761,), 0.15, 1, False),
+    # fashion_mnist: mean / std of the 60,000 training images; flipped clothes are still the same clothes
+    "fashion_mnist": DatasetInfo(10, (1, 28, 28), (0.2860,), (0.3530,), 0.1, 2, True),
     "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 8 / 255, 4, True),
     "cifar100": DatasetInfo(100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 8 / 255, 4, True),
     "tinyimagenet": DatasetInfo(200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 2 / 255, 8, True),
@@ -36,6 +40,9 @@ SYNTHETIC = {"synthetic_cifar10": ("cifar10", 50_000, 10_000), "synthetic_tinyim
                                                                                          10_000)}
 DATASETS.update({name: DATASETS[real] for name, (real, _, _) in SYNTHETIC.items()})
 TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+FASHION_FILES = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),  # (images, labels): train, then test
+                 ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+FASHION_DEBIAN = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts the .gz files
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -134,6 +141,73 @@ def read_pickle(path: str, title: str, where: str) -> dict:
     return blob
 
 
+def fashion_mnist_folders(data_dir: str) -> tuple:
+    """Where Fashion-MNIST is looked for, in order: torchvision's layout, --data-dir itself, the Debian package's."""
+    return os.path.join(data_dir, "FashionMNIST", "raw"), data_dir, FASHION_DEBIAN
+
+
+def fashion_mnist_files(data_dir: str):
+    """The four idx files (plain before .gz) of the first folder that holds them all, or None."""
+    for folder in fashion_mnist_folders(data_dir):
+        paths = [os.path.join(folder, f) for pair in FASHION_FILES for f in pair]
+        found = [next((q for q in (p, p + ".gz") if os.path.isfile(q)), None) for p in paths]
+        if all(found):
+            return found
+    return None
+
+
+def load_fashion_mnist(data_dir: str, download: bool):
+    """Fashion-MNIST, the official 60,000 / 10,000 split, from its idx files. Read here, not through torchvision's
+    class: its reader opens no .gz, and the Debian package installs only those; torchvision only downloads."""
+    files = fashion_mnist_files(data_dir)
+    if files is None and download:
+        from torchvision.datasets import FashionMNIST
+        try:
+            FashionMNIST(data_dir, train=True, download=True)  # fetches all four files (md5-checked) into raw/
+        except (OSError, RuntimeError) as exc:  # no network, refused connection, disk full, a corrupted download
+            raise FileNotFoundError(f"could not download Fashion-MNIST into {data_dir} ("
+                                    f"{' '.join(str(exc).split())}); install it with `apt-get install "
+                                    "dataset-fashion-mnist`") from None
+        files = fashion_mnist_files(data_dir)
+    if files is None:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found: looked for {', '.join(f for pair in FASHION_FILES for f in pair)} (plain or "
+            f".gz) in {', '.join(fashion_mnist_folders(data_dir))}; install it with `apt-get install "
+            "dataset-fashion-mnist`, or run with --download")
+    splits = []
+    for images, labels in (files[:2], files[2:]):
+        x, y = read_idx(images, 0x803, (28, 28)), read_idx(labels, 0x801, ())
+        if len(x) != len(y):
+            raise idx_error(labels, f"{len(y)} labels for the {len(x)} images of {os.path.basename(images)}")
+        if len(y) and int(y.max()) >= 10:
+            raise idx_error(labels, f"label {int(y.max())} of 10 classes")
+        splits.append(ImageTensors(x.unsqueeze(1), y.long()))
+    return splits
+
+
+def read_idx(path: str, magic: int, dims: tuple) -> torch.Tensor:
+    """One idx file (plain or .gz) as uint8 (N, *dims): a big-endian header of magic, N and dims, then the bytes."""
+    import numpy as np
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            blob = f.read()
+        header = np.frombuffer(blob, ">u4", 2 + len(dims)).tolist()
+        if header[0] != magic or tuple(header[2:]) != dims:
+            raise ValueError(f"header {header}, not magic {magic:#x} and N x {dims}")
+        body = np.frombuffer(blob, np.uint8, offset=4 * len(header))
+        if body.size != header[1] * int(np.prod(dims)):
+            raise ValueError(f"{body.size} bytes of data for {header[1]} items")
+    except Exception as exc:  # gzip, zlib, EOF and short-buffer errors all mean a damaged file
+        raise idx_error(path, f"{type(exc).__name__}: {exc}") from None
+    return torch.from_numpy(body.copy()).view(header[1], *dims)
+
+
+def idx_error(path: str, why: str) -> FileNotFoundError:
+    return FileNotFoundError(f"Fashion-MNIST file {path} is incomplete or corrupted ({' '.join(why.split())}); "
+                             "delete it and get it again (run with --download, or `apt-get install --reinstall "
+                             "dataset-fashion-mnist`)")
+
+
 def read_rgb(path: str) -> torch.Tensor:
     """One image file as uint8 (3, H, W)."""
     from PIL import Image
@@ -216,6 +290,8 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False):
         return load_digits_split()
     if name in SYNTHETIC:
         return load_synthetic(name)
+    if name == "fashion_mnist":
+        return load_fashion_mnist(data_dir, download)
     if name in CIFAR:
         return load_cifar(name, data_dir, download)
     if name == "tinyimagenet":
@@ -307,6 +383,25 @@ def subset_index(total: int, n: int = 0, seed: int = 0) -> torch.Tensor:
     if n <= 0 or n >= total:
         return torch.arange(total)
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def train_subset(train, n: int = 0, seed: int = 0):
+    """A fixed class-balanced subset of n training points (all when n <= 0), the same for every run: the classes take
+    turns, each giving its next point of one seeded permutation, so their counts differ by at most one while they last.
+    """
+    if n <= 0 or n >= len(train):
+        return train
+    y = train.y if isinstance(train, ImageTensors) else torch.tensor(train.targets)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    ys = y[order]
+    by_class = torch.sort(ys, stable=True).indices  # positions in order, grouped by class
+    counts = torch.bincount(ys)
+    turn = torch.empty_like(order)  # a point's rank within its class
+    turn[by_class] = torch.arange(len(y)) - (torch.cumsum(counts, 0) - counts)[ys[by_class]]
+    idx = order[torch.sort(turn, stable=True).indices[:n]].sort().values
+    if isinstance(train, ImageTensors):
+        return ImageTensors(train.x[idx], train.y[idx], train.scale)
+    return torch.utils.data.Subset(train, idx.tolist())
 
 
 def test_subset(test, n: int = 0, seed: int = 0):

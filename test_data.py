@@ -1,5 +1,9 @@
-"""data.py: the digits split, the CIFAR-10 / CIFAR-100 / TinyImageNet / ImageNet loaders on tiny files, TensorLoader."""
+"""data.py: the digits split, the Fashion-MNIST / CIFAR-10 / CIFAR-100 / TinyImageNet / ImageNet loaders on tiny
+files, --train-n's subset, TensorLoader."""
 import csv
+import gzip
+import math
+import os
 import pickle
 from pathlib import Path
 
@@ -227,6 +231,142 @@ def test_imagenet_imagefolder_loader(tmp_path):
     assert len(loader) == 2
     xb, yb = next(iter(loader))
     assert xb.shape == (2, 3, 224, 224) and yb.shape == (2,)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST, --train-n
+
+def write_idx(path, array, magic, gz):
+    """An idx file: big-endian magic and dims, then the bytes; path gets .gz when gz."""
+    blob = np.array([magic, *array.shape], ">u4").tobytes() + array.tobytes()
+    (path.with_name(path.name + ".gz").write_bytes(gzip.compress(blob)) if gz else path.write_bytes(blob))
+
+
+def write_fashion_mnist(folder, gz, n_train=20, n_test=10, seed=2):
+    """The four idx files of Fashion-MNIST: random pixels, every class as often as n allows, in a random order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, splits = np.random.default_rng(seed), {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        x[0, 0, :2] = 0, 255  # both ends of the range must come back
+        y = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", x, 0x803, gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y, 0x801, gz)
+        splits[prefix] = x, y
+    return splits
+
+
+@pytest.fixture
+def debian(tmp_path, monkeypatch):
+    """The Debian package's folder, moved into tmp_path: the tests never read the real /usr/share one."""
+    monkeypatch.setattr(data, "FASHION_DEBIAN", str(tmp_path / "debian"))
+    return tmp_path / "debian"
+
+
+@pytest.mark.parametrize("where, gz", [("FashionMNIST/raw", True), (".", False), ("debian", True)])
+def test_fashion_mnist_reads_idx_files_exactly(tmp_path, debian, where, gz):
+    root = tmp_path / "data"
+    splits = write_fashion_mnist(debian if where == "debian" else root / where, gz)
+    train, test = data.load_dataset("fashion_mnist", str(root))
+    for got, (x, y) in ((train, splits["train"]), (test, splits["t10k"])):
+        assert isinstance(got, data.ImageTensors) and got.x.dtype == torch.uint8 and got.y.dtype == torch.long
+        assert got.x.shape == (len(y), 1, 28, 28) and got.y.tolist() == y.tolist()
+        want = torch.from_numpy(x).float().unsqueeze(1) / 255
+        assert torch.equal(got.pixels(torch.arange(len(y))), want)
+    info = data.dataset_info("fashion_mnist")
+    assert (info.num_classes, info.shape, info.mean, info.std) == (10, (1, 28, 28), (0.2860,), (0.3530,))
+    assert (info.eps, info.crop_pad, info.flip) == (0.1, 2, True)
+
+
+def test_fashion_mnist_looks_in_torchvision_layout_then_data_dir_then_debian(tmp_path, debian):
+    root = tmp_path / "data"
+    for folder, n in ((root / "FashionMNIST" / "raw", 20), (root, 12), (debian, 8)):
+        write_fashion_mnist(folder, gz=n != 12, n_train=n)
+    assert len(data.load_dataset("fashion_mnist", str(root))[0]) == 20
+    (root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()  # a folder missing a file is passed over
+    assert len(data.load_dataset("fashion_mnist", str(root))[0]) == 12
+    (root / "train-images-idx3-ubyte").unlink()
+    assert len(data.load_dataset("fashion_mnist", str(root))[0]) == 8
+
+
+def test_missing_fashion_mnist_says_both_ways_to_get_it(tmp_path, debian, monkeypatch):
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("fashion_mnist", str(tmp_path / "none"))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("Fashion-MNIST not found")
+    assert "apt-get install dataset-fashion-mnist" in msg and "--download" in msg
+    assert str(tmp_path / "none" / "FashionMNIST" / "raw") in msg and str(debian) in msg
+    import urllib.error
+    import torchvision.datasets.mnist as tv_mnist
+    splits = write_fashion_mnist(tmp_path / "served", gz=False)
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
+    with pytest.raises(FileNotFoundError) as err:  # torchvision's error has a line per mirror: one line here
+        data.load_dataset("fashion_mnist", str(tmp_path / "none"), download=True)
+    assert "could not download Fashion-MNIST" in str(err.value) and "\n" not in str(err.value)
+
+    def served(url, download_root, filename, md5):  # what a download leaves: the extracted files in raw/
+        os.makedirs(download_root, exist_ok=True)
+        name = filename.removesuffix(".gz")
+        (Path(download_root) / name).write_bytes((tmp_path / "served" / name).read_bytes())
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", served)
+    train, test = data.load_dataset("fashion_mnist", str(tmp_path / "none"), download=True)
+    assert train.y.tolist() == splits["train"][1].tolist() and len(test) == 10
+    assert (tmp_path / "none" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "truncated gz", "labels short", "wrong magic"])
+def test_damaged_fashion_mnist_file_is_one_line(tmp_path, debian, damage):
+    gz = damage == "truncated gz"
+    splits = write_fashion_mnist(tmp_path, gz)
+    bad = tmp_path / ("train-images-idx3-ubyte" + ".gz" * gz)
+    if damage.startswith("truncated"):
+        bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])
+    elif damage == "labels short":
+        bad = tmp_path / "t10k-labels-idx1-ubyte"
+        write_idx(bad, splits["t10k"][1][:-1], 0x801, gz=False)
+    else:
+        write_idx(bad, splits["train"][0], 0x801, gz=False)
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("fashion_mnist", str(tmp_path))
+    msg = str(err.value)
+    assert str(bad) in msg and "corrupted" in msg and "--download" in msg and "\n" not in msg
+
+
+def test_train_n_is_one_class_balanced_subset_for_every_seed(tmp_path, debian):
+    import train_common as tc
+    write_fashion_mnist(tmp_path, gz=True, n_train=60)  # 6 images a class
+
+    def train_set(*flags):
+        argv = ["--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--device", "cpu", *flags]
+        return tc.Run(tc.parse_args(tc.base_parser("", "st"), argv)).train_set
+
+    full, a, b = train_set(), train_set("--train-n", "25"), train_set("--train-n", "25", "--seed", "1")
+    assert len(full) == 60 and len(a) == 25 and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    counts = torch.bincount(a.y, minlength=10)
+    assert counts.max() - counts.min() <= 1
+    rows = {bytes(x.flatten().tolist()): int(y) for x, y in zip(full.x, full.y)}  # a subset of the real images
+    assert all(rows[bytes(x.flatten().tolist())] == int(y) for x, y in zip(a.x, a.y))
+    # classes that run out leave their turns to the others
+    y = torch.tensor([0] * 40 + [1] * 5 + [2] * 5)
+    part = data.train_subset(data.ImageTensors(torch.zeros(50, 1, 1, 1, dtype=torch.uint8), y), 20)
+    assert torch.bincount(part.y).tolist() == [10, 5, 5]
+
+
+def test_train_st_runs_on_fashion_mnist(tmp_path, debian):
+    import train_st
+    write_fashion_mnist(tmp_path / "data", gz=True)
+    out = tmp_path / "run"
+    argv = ["--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--eval-n", "4",
+            "--eval-steps", "1", "--out", str(out), "--device", "cpu"]
+    train_st.main(argv)
+    [row] = list(csv.DictReader(open(out / "log.csv")))
+    assert row["epoch"] == "1" and math.isfinite(float(row["loss"])) and 0 <= float(row["ra"]) <= 100
+    with pytest.raises(ValueError, match="train_n=0"):  # another training set is another run
+        train_st.main(argv + ["--epochs", "2", "--resume", "--train-n", "10"])
 
 
 # ----------------------------------------------------------------------------- TensorLoader

@@ -36,9 +36,10 @@ def main(argv=None):
     std_args, rob_args = std_ckpt["args"], rob_ckpt["args"]
     if std_args["dataset"] != rob_args["dataset"]:
         raise ValueError(f"--std was trained on {std_args['dataset']}, --rob on {rob_args['dataset']}")
-    # the model and the attack budget come from the robust checkpoint; flags given later still win
+    # the model, its data and the attack budget come from the robust checkpoint; flags given later still win
     inherited = ["--dataset", rob_args["dataset"], "--arch", rob_args["arch"], "--experts", str(rob_args["experts"]),
-                 "--topk", str(rob_args["topk"]), "--eps", str(rob_args["eps"]), "--epochs", "10"]
+                 "--topk", str(rob_args["topk"]), "--eps", str(rob_args["eps"]), "--epochs", "10",
+                 "--train-n", str(rob_args.get("train_n", 0)), "--data-dir", rob_args.get("data_dir") or "data"]
     args = tc.parse_args(parser(), inherited + argv)
     settings = rter_settings(args)
     run = tc.Run(args)
