@@ -7,21 +7,24 @@ SEEDS ?= 1
 RUNS ?= runs/$(PRESET)$(if $(QUICK),-quick)
 .DEFAULT_GOAL := all
 
-# pick(quick, digits, paper preset). Quick: tiny attacks and test subsets, AutoAttack cut to APGD-CE, 5 steps an epoch
-# on digits. Digits: the scripts' defaults, the curves PGD-20 RA every 2nd epoch (every epoch: +20 % time), AutoAttack
-# a fixed 100 test points (on one core 5-25 s per target; Square's 5,000 queries on the robust points dominate).
-pick = $(if $(QUICK),$1,$(if $(filter digits,$(PRESET)),$2,$3))
-EPOCHS := $(call pick,2,30,$(if $(filter cifar%,$(PRESET)),130,10))
-JT_EPOCHS := $(call pick,1,10,10)
+# pick(quick, digits, paper preset, fashion_mnist). Quick: tiny attacks and test subsets, AutoAttack cut to APGD-CE,
+# 5 steps an epoch on digits. Digits: the scripts' defaults, the curves PGD-20 RA every 2nd epoch (every epoch: +20 %
+# time), AutoAttack a fixed 100 test points (on one core 5-25 s per target; Square's 5,000 queries on the robust points
+# dominate). fashion_mnist: a CPU preset of the claims that matter most, on a fixed training subset (TRAIN_N)
+FASHION := $(filter fashion_mnist,$(PRESET))
+pick = $(if $(QUICK),$1,$(if $(filter digits,$(PRESET)),$2,$(if $(FASHION),$4,$3)))
+EPOCHS := $(call pick,2,30,$(if $(filter cifar%,$(PRESET)),130,10),15)
+JT_EPOCHS := $(call pick,1,10,10,5)
+TRAIN_N ?= $(call pick,1000,0,0,10000)# fashion_mnist's training images (of 60,000)
 CNN_EPOCHS := $(call pick,2,30,100)# MoE-CNN runs (AdvMoE appendix: 100; AT (Sparse): 100 mask + 100 fine-tuning)
 A2_EPOCHS := $(call pick,2,20,100)# digits: no claim rests on Table A2, so it trains less to keep the preset in 40 min
 SCALES := $(call pick,0.5,0.2 0.5 0.8,0.2 0.5 0.8)# Table A2's model scales r
 # CURVE of run $1 (read inside `train`): quick trains with 2-step PGD, except the runs whose table row names
 # their train-time steps (Table A1: 10), so a quick row still means what the table says
 CURVE = $(call pick,--eval-n 60 --eval-steps 3$(if $(filter a1%,$1),, --steps 2),--eval-steps 20 --eval-every 2,\
-  --eval-n 1000)
+  --eval-n 1000,--eval-n 500 --eval-steps 10 --eval-every 3)
 PRETRAINED ?= --pretrained# ViT experts from the hub (timm); run_all.sh --no-pretrained empties it
-PAPER := $(if $(filter digits,$(PRESET)),,--data-dir $(or $(DATA),data))# the data flag of a paper preset
+PAPER := $(if $(filter digits fashion_mnist,$(PRESET)),,--data-dir $(or $(DATA),data))# the data flag of a paper preset
 EVAL := $(PAPER)
 GPU := $(if $(filter cifar%,$(PRESET)),--amp --channels-last,--amp)
 # a run's model: Tables A1 / A2 (a1_*, a2_*; a1w_*, a2w_*: WRN-28-10) the MoE-CNN family, else the preset's experts
@@ -32,10 +35,12 @@ table_epochs = $(if $(filter jtdmoe_%,$1),$(JT_EPOCHS),$(if $(filter a1%,$1),$(C
 # AT (Sparse): its table's epochs for the masks, as many for the fine-tuning (quick: one each)
 epochs = $(if $(findstring _sparse,$1),$(if $(QUICK),2,$(shell expr 2 \* $(call table_epochs,$1))),\
   $(call table_epochs,$1))
-train = $(if $(PAPER),--dataset $(PRESET) $(call arch,$1) $(GPU) $(PAPER),$(call arch,$1) $(if $(QUICK),--bs 256))\
-  $(CURVE)
-EVAL_N ?= $(call pick,40,0,0)# test points of the final evaluations (0: all)
-AA_N ?= $(call pick,20,100,0)
+train = $(if $(PAPER),--dataset $(PRESET) $(call arch,$1) $(GPU) $(PAPER),$(call arch,$1) $(if $(FASHION),--dataset \
+  fashion_mnist --data-dir $(or $(DATA),data) --train-n $(TRAIN_N)) $(if $(QUICK),--bs 256)) $(CURVE)
+EVAL_N ?= $(call pick,40,0,0,2000)# test points of the final evaluations (0: all)
+AA_N ?= $(call pick,20,100,0,200)
+# fashion_mnist: AutoAttack, the costliest, on the targets and the alpha the claims read
+aa_only = $(if $(FASHION),$(if $(dual),--aa-alphas 0.7,$(if $(filter st rter at,$1),,--aa-targets whole)))
 EVAL += $(if $(QUICK),--steps 5 --aa-version quick) --n $(EVAL_N) --aa-n $(AA_N)
 comma := ,
 
@@ -72,7 +77,7 @@ $(if $4,$2/train.done): | $(call pair,$1,$5,train.done)
 	$$(JOB) $$@ $(strip python $4 $(call std_rob,$1,$5) $(call train,$1) --epochs $(call epochs,$1) --out $2 --resume)
 $(patsubst %,$2/eval_%.json,$3) &: $(if $4,$2/train.done,$(call pair,$1,$5,train.done))
 	$$(JOB) $2/eval $(strip python eval.py $(if $4,--ckpt $2/ckpt.pt $(call own_alpha,$1),$(call std_rob,$1,$5) \
-	  --alphas 0.5,0.6,0.7,0.8,0.9,1.0 --out $2) --attack $(subst $() ,$(comma),$3) $(EVAL))
+	  --alphas 0.5,0.6,0.7,0.8,0.9,1.0 --out $2) --attack $(subst $() ,$(comma),$3) $(EVAL) $(call aa_only,$1))
 endef
 seeded = $(if $1,$1$(if $(filter-out 0,$2), --seed $2))# training script and flags of one seed
 experiment = $(foreach s,$(shell seq 0 $$(($(SEEDS) - 1))),\
@@ -91,15 +96,16 @@ $(call experiment, at,              pgd aa smooth adaptive, train_at.py --method
 $(call experiment, dual_pretrained, pgd aa,)
 $(call experiment, jtdmoe_a0.7,     pgd aa,        train_jtdmoe.py --alpha 0.7)
 $(call experiment, jtdmoe_pub_a0.7, pgd aa,        train_jtdmoe.py --alpha 0.7 --upper std --kl-experts all)
-$(foreach a,0.5 0.6 0.8,$(call experiment, jtdmoe_a$a, pgd, train_jtdmoe.py --alpha $a))
 $(call experiment, trades,          pgd aa smooth adaptive, train_at.py --method trades)
 $(call experiment, advmoe,          pgd aa smooth adaptive, train_advmoe.py)
 $(call experiment, rter_top2,       pgd aa smooth adaptive, train_rter.py --beta 6 --topk 2)
 $(call experiment, at_top2,         pgd aa smooth adaptive, train_at.py --method at --topk 2)
-# Table 9 sums the KL over every expert (the paper's appendix); Table 8 varies E
+ifeq ($(FASHION),)  # the sweeps: Figure 7 (alpha), Table 9 (beta; the KL over every expert), Table 8 (E)
+$(foreach a,0.5 0.6 0.8,$(call experiment, jtdmoe_a$a, pgd, train_jtdmoe.py --alpha $a))
 $(foreach b,1 3 6 9,$(call experiment, rter_b$b, pgd, train_rter.py --beta $b --kl-experts all))
 $(call experiment, rter_e5,         pgd,           train_rter.py --beta 6 --experts 5)
 $(call experiment, rter_e3,         pgd,           train_rter.py --beta 6 --experts 3)
+endif
 endif
 # AdvMoE appendix, MoE-CNN: Table A1 (10-step training, r = 0.5) on digits / CIFAR-10, Table A2 (2-step training,
 # r in SCALES, AT (Dense) at r = 1) on digits / CIFAR-10 / CIFAR-100; a1w_, a2w_: WRN-28-10 (paper presets).

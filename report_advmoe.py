@@ -70,7 +70,7 @@ def backbone_heading(name):
         archs = sorted({str(args["arch"]) for row in block["rows"] for f in report.folders(row.run)
                         if "arch" in (args := (report.runs.get(f) or {}).get("args") or {})})
         used = ", ".join(f"`{a}`" for a in archs)
-        if report.preset == "digits":
+        if report.preset in ("digits", "fashion_mnist"):
             return f"backbone {used or 'n/a (not run yet)'}"
         return name + (f" ({used})" if used else "")
     return heading
@@ -153,7 +153,7 @@ def blocks(rows_of, metrics, lead):
     return [dict(key=key, heading=backbone_heading(name), kind="cost", lead=lead, metrics=metrics,
                  rows=[r._replace(paper=(key,) + (r.paper if isinstance(r.paper, tuple) else (r.paper,)))
                        for r in rows_of(infix)], reference=rows_of(infix)[0].run,
-                 skip=("digits",) if infix else ())
+                 skip=("digits", "fashion_mnist") if infix else ())
             for key, name, infix in BACKBONES]
 
 
@@ -169,9 +169,10 @@ GFLOPS_NOTE = ("GFLOPs (ours): giga multiply-adds per image counted by torch.uti
                "mask), shown where it differs; (x% ↓): the pathway's reduction against AT (Dense) of the block, from "
                "our means.")
 NOT_DIGITS = {"digits": "The digits preset runs one backbone (its args.json `arch`, the digits-sized `moe_cnn`), so "
-                        "there is no WRN-28-10 block.", "*": None}
-NO_PAPER = ("The AdvMoE appendix has no digits numbers (its Tables A1 and A2 are CIFAR-10), so there is no paper "
-            "column.")
+                        "there is no WRN-28-10 block.",
+              "fashion_mnist": "The fashion_mnist preset runs none of the AdvMoE appendix's MoE-CNN runs.", "*": None}
+NO_PAPER = ("The AdvMoE appendix has no {preset} numbers (its Tables A1 and A2 are CIFAR-10), so there is no "
+            "paper column.")
 ADVMOE_TABLES = {
     "tableA1": dict(
         title="AdvMoE appendix, 10-step PGD training: AT (Dense / S-Dense / Sparse / MoE) vs AdvMoE at r = 0.5",

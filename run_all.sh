@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# usage: bash run_all.sh [digits|cifar10|cifar100|tinyimagenet|imagenet] [--quick] [--jobs N] [--seeds N] [--allow-cpu]
-#                        [--data-dir DIR] [--no-pretrained] [--dry-run]
+# usage: bash run_all.sh [digits|fashion_mnist|cifar10|cifar100|tinyimagenet|imagenet] [--quick] [--jobs N]
+#                        [--seeds N] [--allow-cpu] [--data-dir DIR] [--no-pretrained] [--dry-run]
 # Every table and figure of the paper on one preset: make trains and evaluates the runs the Makefile lists, then
 # report.py writes tables, figures and results.json. Resumable: run it again after an interruption. Presets: digits
-# (default; offline, CPU), cifar10, cifar100 (AdvMoE's Table A2 only), tinyimagenet, imagenet (Table 10): GPU (or
-# --allow-cpu) and data (--data-dir, DATA_DIR, ./data). --quick: smoke run; --jobs N at once (default 2 on digits,
-# else 1); --seeds N: seeds 0..N-1, seed k >= 1 in <run>-seed<k>; --no-pretrained: ViT experts (TinyImageNet,
-# ImageNet) start from random weights, not the hub's (make PRETRAINED=); --dry-run: make -n. Environment: RUNS_DIR
+# (default; offline, CPU), fashion_mnist (CPU; the main claims; apt-get install dataset-fashion-mnist), cifar10,
+# cifar100 (AdvMoE's Table A2 only), tinyimagenet, imagenet (Table 10): GPU (or --allow-cpu) and data (--data-dir,
+# DATA_DIR, ./data). --quick: smoke run; --jobs N at once (default 2 on the CPU presets, else 1); --seeds N: seeds
+# 0..N-1, seed k >= 1 in <run>-seed<k>; --no-pretrained: ViT experts (TinyImageNet, ImageNet) start from random
+# weights, not the hub's (make PRETRAINED=); --dry-run: make -n. Environment: RUNS_DIR
 # (runs/<preset>[-quick]), RESULTS_DIR (RUNS_DIR/results), EVAL_N / AA_N (test points of the final PGD / AutoAttack
-# evaluations: all, AA_N 100 on digits).
+# evaluations: all, AA_N 100 on digits; fashion_mnist 2,000 and 200).
 set -uo pipefail
 die() { echo "run_all: $*" >&2; exit 1; }
 bad() { echo "run_all: $*; see bash run_all.sh --help" >&2; exit 2; }
@@ -16,19 +17,20 @@ bad() { echo "run_all: $*; see bash run_all.sh --help" >&2; exit 2; }
 PRESET="" QUICK="" JOBS="" SEEDS=1 ALLOW_CPU="" DRY_RUN="" DATA=${DATA_DIR:-} MAKE_PID="" NO_PRETRAINED=""
 while (($#)); do
   case $1 in
-    digits|cifar10|cifar100|tinyimagenet|imagenet)
+    digits|fashion_mnist|cifar10|cifar100|tinyimagenet|imagenet)
       [[ -z $PRESET ]] || bad "two presets given ($PRESET and $1)"; PRESET=$1 ;;
     --quick) QUICK=1 ;; --allow-cpu) ALLOW_CPU=1 ;; --dry-run) DRY_RUN=1 ;; --no-pretrained) NO_PRETRAINED=1 ;;
     --jobs=*|--seeds=*|--data-dir=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
     --jobs|--seeds|--data-dir) (($# >= 2)) || bad "$1 needs a value"
       case $1 in --jobs) JOBS=$2 ;; --seeds) SEEDS=$2 ;; *) DATA=$2 ;; esac; shift ;;
     -h|--help) sed -n '2,/^set /{/^set /d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
-    *) bad "unknown argument '$1' (presets: digits cifar10 cifar100 tinyimagenet imagenet)" ;;
+    *) bad "unknown argument '$1' (presets: digits fashion_mnist cifar10 cifar100 tinyimagenet imagenet)" ;;
   esac
   shift
 done
 PRESET=${PRESET:-digits}
-[[ $PRESET == digits ]] && JOBS=${JOBS:-2} || JOBS=${JOBS:-1}
+CPU_PRESET=$([[ $PRESET == digits || $PRESET == fashion_mnist ]] && echo 1)  # small CNN experts: 2 jobs, no GPU needed
+[[ -n $CPU_PRESET ]] && JOBS=${JOBS:-2} || JOBS=${JOBS:-1}
 for n in JOBS SEEDS; do [[ ${!n} =~ ^[1-9][0-9]*$ ]] || bad "--${n,,} must be a positive integer, got '${!n}'"; done
 HERE=$(cd "$(dirname "$0")" && pwd)
 RUNS=$(realpath -m "${RUNS_DIR:-$HERE/runs/$PRESET${QUICK:+-quick}}")
@@ -48,10 +50,14 @@ declare -A NEED=([cifar10]=cifar-10-batches-py [cifar100]=cifar-100-python [imag
   [tinyimagenet]="tiny-imagenet-200/wnids.txt tiny-imagenet-200/train tiny-imagenet-200/val/val_annotations.txt")
 for need in ${NEED[$PRESET]:-}; do [[ -e $DATA/$need ]] || die "$PRESET data missing: looked for $DATA/$need;" \
   "get it with a train script's --download (ImageNet: by hand, train/ and val/ class folders) or set DATA_DIR"; done
+[[ $PRESET != fashion_mnist ]] || python -c "import data, sys; sys.exit(data.fashion_mnist_files('$DATA') is None)" ||
+  die "fashion_mnist data missing: looked in $DATA/FashionMNIST/raw, $DATA and /usr/share/datasets/fashion-mnist;" \
+  "apt-get install dataset-fashion-mnist, or: python -c 'import data; data.load_dataset(\"fashion_mnist\", \"$DATA\"," \
+  "download=True)'"
 ON_GPU=""  # digits asks torch only where a driver is (an import less)
 { [[ $PRESET != digits ]] || command -v nvidia-smi >/dev/null; } &&
   python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null && ON_GPU=GPU
-[[ -n $ON_GPU$ALLOW_CPU || $PRESET == digits ]] || die "preset $PRESET needs a GPU, but none is visible" \
+[[ -n $ON_GPU$ALLOW_CPU$CPU_PRESET ]] || die "preset $PRESET needs a GPU, but none is visible" \
   "(torch.cuda.is_available() is False); use --allow-cpu to run on CPU anyway"
 [[ -n $ON_GPU ]] || ((JOBS == 1)) || export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
