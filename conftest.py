@@ -328,12 +328,6 @@ def start_when_selected(request, name):
         request.getfixturevalue(name)
 
 
-def pytest_configure(config):
-    # AdvMoE steps one of two optimisers per batch while both schedules advance: train_common silences this warning
-    # for the scripts, and pytest's own warning capture would bring it back
-    config.addinivalue_line("filterwarnings", r"ignore:Detected call of `lr_scheduler\.step\(\)` before:UserWarning")
-
-
 def vit_stand_in(hf_home) -> Path:
     """A local stand-in for ViT-S/16's ImageNet weights (random, 1000 classes) in the hub cache under hf_home:
     what `--pretrained` reads offline (HF_HOME=hf_home), so the pretrained path runs without the hub."""

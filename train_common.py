@@ -15,7 +15,6 @@ import json
 import math
 import os
 import time
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -54,8 +53,6 @@ RESUMABLE = ("epochs", "out", "data_dir", "download", "device", "workers", "comp
 RUN_MODE = ("resume", "overwrite", "resumed")  # how this process was started, not what the run is
 RUN_FILES = ("ckpt.pt", "log.csv", "args.json")  # their presence means a folder holds a run
 STALE_ONCE_TRAINED = ("diverged.json", "eval_*.json", "eval_*.md", "dual_*.json", "dual_*.md")
-# AdvMoE steps one of two optimisers per batch while both schedules advance; the warning is noise there
-warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 # ----------------------------------------------------------------------------- flags
