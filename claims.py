@@ -7,8 +7,10 @@ points gives the 95 % interval of the difference: holds / contradicted / undecid
 A and B runs over the same (attack:target) set: the ones both faced. Also attacks.md: PGD, AutoAttack and the
 adaptive attack compared point by point on each single MoE.
   python claims.py runs/digits [--out runs/digits/results] [--preset digits]
+  python claims.py --side-by-side results/digits results/fashion_mnist     (README's verdict table)
 """
 import argparse
+import json
 import os
 import re
 from collections import namedtuple
@@ -211,6 +213,28 @@ def claims_table(runs: dict, classes: int = 10) -> tuple:
     return rows, missing, records
 
 
+def verdicts(rows: list) -> dict:
+    """Claim text -> its claims.md row under the last of its attacks with data (the strongest: the worst case)."""
+    return {row[0]: row for row in rows}
+
+
+def side_by_side(presets: dict) -> str:
+    """A markdown table of every claim's verdict on each preset ({name: verdicts(...)}), one row per claim."""
+    from cli import markdown_table
+    rows = []
+    for claim in dict.fromkeys(c.text for c in CLAIMS):
+        got = [found[claim] for found in presets.values() if claim in found]
+        if not got:
+            continue
+        attacks = got[0][2]
+        under = f"worst case of {attacks.count(',') + 1} attack:targets" if attacks.startswith("worst of") else \
+            "; ".join(dict.fromkeys(a.split(":")[0].split(" (PGD")[0] for a in attacks.split("; ")))
+        cells = [f"{row[9]} {row[6].split(' (')[0]} {row[7]} ({row[8]})" if row else "no data"
+                 for row in (found.get(claim) for found in presets.values())]
+        rows.append([claim, got[0][1], under, *cells])
+    return markdown_table(["claim", "source in the paper", "judged under", *presets], rows)
+
+
 def mean_std(values) -> str:
     """One seed's number, or mean ± sample std over seeds."""
     values = [v for v in values if np.isfinite(v)]
@@ -248,13 +272,19 @@ def attack_table(runs: dict) -> tuple:
     return {a: " / ".join(sorted(n)) or a for a, n in names.items()}, rows
 
 
-def write(runs: dict, out: str, classes: int = 10) -> None:
-    """claims.md and attacks.md of a preset's runs (classes: its number of classes) into the results folder out."""
+def write(runs: dict, out: str, classes: int = 10) -> list:
+    """claims.md and attacks.md of a preset's runs (classes: its number of classes) into the results folder out;
+    returns claims.md's rows."""
     from checkpoint import atomic_write
     from cli import markdown_table
     rows, missing, _ = claims_table(runs, classes)
+    claim_rows = rows
     notes = ["A claim of several comparisons holds only when each does; its row shows the weakest one.",
              f"Collapsed: SA at most twice chance ({collapse_sa(classes):g} %), the same line Table 9 draws."]
+    if rows:
+        notes.append(f"{len(rows)} rows have a verdict, each on a 95 % interval: were every true difference exactly "
+                     f"at its threshold, about {0.05 * len(rows):.1f} of them would still read holds or contradicted "
+                     "by chance (rows of one claim share their runs, so they err together, not independently).")
     notes += [f"No data yet: {m}." for m in missing]
     atomic_write(os.path.join(out, "claims.md"), (markdown_table(
         ["claim", "source in the paper", "attacks (attack:target)", "A", "B", "holds if A - B >", "A - B (pp)",
@@ -265,6 +295,7 @@ def write(runs: dict, out: str, classes: int = 10) -> None:
         ["run", f"{names['pgd']} RA (all)", f"{names['pgd']} RA (AA points)", f"{names['aa']} RA",
          f"{names['adaptive']} RA (AA points)", f"{names['adaptive']} RA (all)", "points AA breaks, adaptive not",
          "points adaptive breaks, AA not", "RA (worst, every attack)", "seeds x AA points"], rows))
+    return claim_rows
 
 
 def compact(runs: dict) -> dict:
@@ -284,10 +315,22 @@ def main(argv=None):
     import report  # the runs are read the way the tables read them
     from cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", help="runs folder of a preset (e.g. runs/digits)")
+    p.add_argument("runs", nargs="?", help="runs folder of a preset (e.g. runs/digits)")
+    p.add_argument("--side-by-side", nargs="+", metavar="RESULTS", default=None,
+                   help="print the verdicts of the results folders given (results.json of report.py) side by side")
     p.add_argument("--out", default=None, help="results folder (default <runs>/results)")
     p.add_argument("--preset", default=None, help="its preset (default: the runs folder's name, e.g. digits-quick)")
     args = p.parse_args(argv)
+    if args.side_by_side:
+        presets = {}
+        for folder in args.side_by_side:
+            with open(os.path.join(folder, "results.json")) as f:
+                blob = json.load(f)
+            presets[blob["preset"]] = verdicts(claims_table(blob["runs"], NUM_CLASSES.get(blob["preset"], 10))[0])
+        print(side_by_side(presets), end="")
+        return
+    if not args.runs:
+        p.error("give a runs folder, or --side-by-side RESULTS...")
     out = args.out or os.path.join(args.runs, "results")
     preset = args.preset or os.path.basename(os.path.normpath(args.runs)).removesuffix("-quick")
     os.makedirs(out, exist_ok=True)

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import re
 from collections import namedtuple
 
 import claims
@@ -20,7 +21,9 @@ from report_advmoe import ADVMOE_TABLES, cost_block
 from report_data import (DUAL, NA, NUM_CLASSES, PAPER_NAME, ROUTE, SEED_FOLDER, SINGLE, cell, collapse_sa, finite, fmt,
                          fmt_eps, load_runs, merge, pick)
 
-CLASS_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+CLASS_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+               "fashion_mnist": ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                                 "bag", "ankle boot"]}
 MARGINS = (("margin_rob_pretrained", 100), ("margin_rob_jtdmoe", 100), ("improvement_pp", 1), ("relative_pct", 1),
            ("margin_dual_improvement_pp", 1))  # Table 5's numbers of a class, and their scale in the table
 
@@ -90,8 +93,9 @@ class Report:
                        "so SA differs between them.")
         if self.preset not in spec.get("paper_from", {}):  # there the notes say where the paper cells come from
             if self.paper_ds is None:
-                out.append(spec.get("no_paper_note", "The paper has no digits numbers (its tables are CIFAR-10 / "
-                                    "TinyImageNet, Table 10 ImageNet), so there is no paper column."))
+                out.append(spec.get("no_paper_note", "The paper has no {preset} numbers (its tables are CIFAR-10 / "
+                                    "TinyImageNet, Table 10 ImageNet), so there is no paper column.").format(
+                    preset=self.preset))
             elif PAPER.get(table) and self.paper_ds not in PAPER[table]:
                 out.append(f"The paper reports this table for {', '.join(PAPER_NAME[d] for d in PAPER[table])} only: "
                            f"paper cells are n/a on {self.preset}.")
@@ -157,7 +161,7 @@ class Report:
         pairs = [[self.evaluation(r + f[len(runs[0]):], attack, alpha) for r in runs] for f in folders]  # by seed
         lengths = [len(ev["margin_rob"]) for pair in pairs for ev in pair
                    if isinstance((ev or {}).get("margin_rob"), list)]
-        count = max(lengths + [self.num_classes if self.preset in ("digits", "cifar10") else 0])  # named: every class
+        count = max(lengths + [self.num_classes if self.num_classes <= 10 else 0])  # named: every class
         names, paper = CLASS_NAMES.get(self.preset, [str(i) for i in range(count)]), self.paper(table, spec, ()) or {}
         by_class, rows, records = [[class_margins(*pair, c) for pair in pairs] for c in range(count)], [], []
         shown = [c for c, values in enumerate(by_class)  # past 10 classes (TinyImageNet: 200), those with a number
@@ -292,9 +296,25 @@ def clean(value):  # a JSON-safe copy: NaN / inf become null (eval.py writes NaN
         return {str(k): clean(v) for k, v in value.items()}
     return [clean(v) for v in value] if isinstance(value, (list, tuple)) else value
 
+def results_page(out, preset, command, seeds, claim_rows, figure_names) -> str:
+    """README.md of a results folder: the verdicts, then every table and figure of the folder, in one page."""
+    tables = [re.sub("^#", "###", open(os.path.join(out, f"{t}.md")).read(), flags=re.M) for t in TABLES]
+    return "\n".join([
+        f"# Results: {preset}", "",
+        f"Made by `{command}` ({seeds} seed{'s' * (seeds > 1)}); report.py writes this page with the tables and "
+        "figures beside it. Definitions: the main README's Conventions.", "",
+        "## Verdicts", "",
+        "Each claim under the strongest attack set it was judged with: verdict, A - B in pp, its 95 % interval, "
+        "seeds x points. Every claim under each of its attacks: [claims.md](claims.md); the attacks compared point by "
+        "point: [attacks.md](attacks.md).", "",
+        claims.side_by_side({preset: claims.verdicts(claim_rows)}) if claim_rows else "No claim has data yet.\n",
+        "## Tables", "", *tables,
+        "## Figures", "", *[f"![{name}]({name}.png)\n" for name in sorted(figure_names)]])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("preset", choices=["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"])
+    ap.add_argument("preset", choices=list(NUM_CLASSES))
     ap.add_argument("--runs", help="runs folder (default runs/<preset>, with --quick runs/<preset>-quick)")
     ap.add_argument("--out", help="results folder (default RUNS/results; the committed results/ stays as it is)")
     ap.add_argument("--quick", action="store_true", help="the runs are a run_all.sh --quick smoke run")
@@ -315,9 +335,12 @@ def main(argv=None):
             "runs": claims.compact(report.runs)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(clean(blob), f, indent=1, sort_keys=True, allow_nan=False, default=str)
-    claims.write(report.runs, out, report.num_classes)
-    print(f"wrote {out}: table1-10.md, tableA1-A2.md, claims.md, attacks.md, fig2-7.png, figA2.png, routing.png, "
-          "results.json")
+    claim_rows = claims.write(report.runs, out, report.num_classes)
+    seeds = max(map(len, report.seeds.values()), default=1)
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(results_page(out, args.preset, command, seeds, claim_rows, blob["figures"]))
+    print(f"wrote {out}: README.md, table1-10.md, tableA1-A2.md, claims.md, attacks.md, fig2-7.png, figA2.png, "
+          "routing.png, results.json")
     for p in problems:
         print(f"warning: {p}")
 
