@@ -49,12 +49,12 @@ def test_committed_digits_tables_come_back_from_their_runs(tmp_path):
     rebuild_runs(committed["runs"], tmp_path / "runs")
     out = tmp_path / "out"
     report.main(["digits", "--runs", str(tmp_path / "runs"), "--out", str(out), "--command", committed["command"]])
-    for name in [f"table{k}" for k in range(1, 11)] + ["tableA1", "tableA2", "claims", "attacks"]:
+    for name in [f"table{k}" for k in range(1, 11)] + ["tableA1", "tableA2", "claims", "attacks", "README"]:
         with open(os.path.join(DIGITS, f"{name}.md")) as f:
             expected = f.read()
         made = (out / f"{name}.md").read_text()
         notes = [line for line in made.splitlines() if line.startswith("- ")]
-        assert len(notes) == len(set(notes)), f"{name}.md says a note twice"
+        assert name == "README" or len(notes) == len(set(notes)), f"{name}.md says a note twice"  # README: every table
         assert made == expected, f"{name}.md differs from results/digits"
     made = json.loads((out / "results.json").read_text())
     assert made["tables"] == committed["tables"] and made["figures"] == committed["figures"]
@@ -144,21 +144,27 @@ def test_results_go_inside_the_runs_folder_by_default(tmp_path):
     assert (runs / "results" / "claims.md").exists() and (runs / "results" / "attacks.md").exists()
 
 
-def test_readme_shows_the_committed_digits_results():
-    """README links every committed digits table, gives claims.md's verdicts row by row, and its figures exist."""
+def test_readme_shows_the_committed_verdicts_side_by_side(capsys):
+    """README's verdict table is claims.py's side-by-side table of every committed preset, line for line; the
+    results pages it links exist, and so do the figures of every page; README stays short."""
+    import claims
     with open(os.path.join(HERE, "README.md")) as f:
         readme = f.read()
-    for k in [*range(1, 11), "A1", "A2"]:
-        assert f"(results/digits/table{k}.md)" in readme and os.path.isfile(os.path.join(DIGITS, f"table{k}.md"))
-    with open(os.path.join(DIGITS, "claims.md")) as f:
-        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in f if line.startswith("| ")]
-    shown = [line for line in readme.splitlines() if line.startswith("| ")]
-    for claim, source, *_, points, verdict in [r for r in rows[2:] if len(r) >= 10]:
-        assert any(line.startswith(f"| {claim} | {source} |") and line.endswith(f"| {points} | {verdict} |")
-                   for line in shown), (claim, verdict)
-    for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme):
-        with open(os.path.join(HERE, figure), "rb") as f:
-            assert f.read(8) == PNG, figure
+    presets = sorted(p for p in os.listdir(os.path.join(HERE, "results"))
+                     if os.path.isfile(os.path.join(HERE, "results", p, "results.json")))
+    assert "digits" in presets
+    claims.main(["--side-by-side", *[os.path.join(HERE, "results", p) for p in presets]])
+    table = capsys.readouterr().out
+    assert table.count("\n") > 10 and table in readme
+    for preset in presets:
+        page = os.path.join("results", preset, "README.md")
+        assert f"({page})" in readme
+        with open(os.path.join(HERE, page)) as f:
+            text = f.read()
+        for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            with open(os.path.join(HERE, "results", preset, figure), "rb") as f:
+                assert f.read(8) == PNG, figure
+    assert len(readme.splitlines()) < 300
 
 
 def test_table9_and_claims_draw_one_collapse_line(tmp_path):
