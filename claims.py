@@ -278,7 +278,6 @@ def write(runs: dict, out: str, classes: int = 10) -> list:
     from checkpoint import atomic_write
     from cli import markdown_table
     rows, missing, _ = claims_table(runs, classes)
-    claim_rows = rows
     notes = ["A claim of several comparisons holds only when each does; its row shows the weakest one.",
              f"Collapsed: SA at most twice chance ({collapse_sa(classes):g} %), the same line Table 9 draws."]
     if rows:
@@ -290,12 +289,12 @@ def write(runs: dict, out: str, classes: int = 10) -> list:
         ["claim", "source in the paper", "attacks (attack:target)", "A", "B", "holds if A - B >", "A - B (pp)",
          "95 % CI", "seeds x points", "verdict"], rows) if rows else "No claim has data on this preset.\n")
         + "".join(f"\n- {n}" for n in notes) + "\n")
-    names, rows = attack_table(runs)
+    names, attack_rows = attack_table(runs)
     atomic_write(os.path.join(out, "attacks.md"), markdown_table(
         ["run", f"{names['pgd']} RA (all)", f"{names['pgd']} RA (AA points)", f"{names['aa']} RA",
          f"{names['adaptive']} RA (AA points)", f"{names['adaptive']} RA (all)", "points AA breaks, adaptive not",
-         "points adaptive breaks, AA not", "RA (worst, every attack)", "seeds x AA points"], rows))
-    return claim_rows
+         "points adaptive breaks, AA not", "RA (worst, every attack)", "seeds x AA points"], attack_rows))
+    return rows
 
 
 def compact(runs: dict) -> dict:

@@ -37,7 +37,7 @@ def figures(report, out):
     """Figures 2-7, A2 and routing.png, of each run's seed 0; returns what each one draws, for results.json."""
     import matplotlib
     matplotlib.use("Agg")
-    seeds = max(map(len, report.seeds.values()), default=1)
+    seeds = report.seed_count
     p = report.preset + " (quick smoke run)" * report.quick + f", seed 0 of {seeds}" * (seeds > 1)
     arch = {run: f", arch {a}" if (a := ((report.runs.get(run) or {}).get("args") or {}).get("arch")) else ""
             for run in ("rter", "a1_advmoe")}  # said where the run exists

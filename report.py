@@ -54,6 +54,10 @@ class Report:
     def blocks(self, spec):  # the blocks of a table drawn on this preset (a block's `skip` names those it is not)
         return [b for b in spec.get("blocks", [spec]) if self.preset not in b.get("skip", ())]
 
+    @property
+    def seed_count(self):  # the most seeds any run has
+        return max(map(len, self.seeds.values()), default=1)
+
     def folders(self, run):  # seed 0 (the run's own folder) first; [run] while none exists
         return self.seeds.get(run) or [run]
 
@@ -296,9 +300,9 @@ def clean(value):  # a JSON-safe copy: NaN / inf become null (eval.py writes NaN
         return {str(k): clean(v) for k, v in value.items()}
     return [clean(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-def results_page(out, preset, command, seeds, claim_rows, figure_names) -> str:
-    """README.md of a results folder: the verdicts, then every table and figure of the folder, in one page."""
-    tables = [re.sub("^#", "###", open(os.path.join(out, f"{t}.md")).read(), flags=re.M) for t in TABLES]
+def results_page(preset, command, seeds, claim_rows, texts, figure_names) -> str:
+    """README.md of a results folder: the verdicts, then every table (texts: their markdown) and figure, one page."""
+    tables = [re.sub("^#", "###", texts[t], flags=re.M) for t in TABLES]
     return "\n".join([
         f"# Results: {preset}", "",
         f"Made by `{command}` ({seeds} seed{'s' * (seeds > 1)}); report.py writes this page with the tables and "
@@ -324,21 +328,20 @@ def main(argv=None):
     out = args.out or os.path.join(runs_dir, "results")
     command = args.command or f"bash run_all.sh {args.preset}" + (" --quick" if args.quick else "")
     os.makedirs(out, exist_ok=True)
-    problems, tables = [], {}
+    problems, tables, texts = [], {}, {}
     report = Report(args.preset, load_runs(runs_dir, problems), args.quick, command)
     for table in TABLES:
-        text, tables[table] = report.render(table)
+        texts[table], tables[table] = report.render(table)
         with open(os.path.join(out, f"{table}.md"), "w") as f:
-            f.write(text)
+            f.write(texts[table])
     blob = {"preset": args.preset, "quick": args.quick, "command": command, "runs_dir": os.path.abspath(runs_dir),
             "problems": problems, "tables": tables, "figures": figures(report, out), "paper": PAPER,
             "runs": claims.compact(report.runs)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(clean(blob), f, indent=1, sort_keys=True, allow_nan=False, default=str)
     claim_rows = claims.write(report.runs, out, report.num_classes)
-    seeds = max(map(len, report.seeds.values()), default=1)
     with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(results_page(out, args.preset, command, seeds, claim_rows, blob["figures"]))
+        f.write(results_page(args.preset, command, report.seed_count, claim_rows, texts, blob["figures"]))
     print(f"wrote {out}: README.md, table1-10.md, tableA1-A2.md, claims.md, attacks.md, fig2-7.png, figA2.png, "
           "routing.png, results.json")
     for p in problems:
