@@ -47,6 +47,7 @@ class Report:
     def __init__(self, preset, runs, quick, command):
         self.preset, self.runs, self.quick, self.command = preset, runs, quick, command
         self.paper_ds, self.num_classes = preset if preset in PAPER_NAME else None, NUM_CLASSES.get(preset, 10)
+        self.tables = tables_of(preset)  # what this preset's run_all.sh makes
         self.seeds = {}  # run: its seeds' folders, seed 0 (the run's own folder) first
         for name in sorted(runs, key=lambda folder: int(m.group(2)) if (m := SEED_FOLDER.match(folder)) else 0):
             self.seeds.setdefault(SEED_FOLDER.sub(r"\1", name), []).append(name)
@@ -292,6 +293,11 @@ TABLES = {
                                 "not its ImageNet Table 10."}]),
 }
 TABLES.update(ADVMOE_TABLES)  # Tables A1, A2 (the AdvMoE appendix): their specs and block drawer live there
+# the tables whose runs a preset's run_all.sh makes (the Makefile's experiment lists); any other preset: every table
+PRESET_TABLES = {"fashion_mnist": "1 2 3 4 5 6 7 10", "cifar100": "A2", "imagenet": "10"}
+
+def tables_of(preset):
+    return ["table" + t for t in PRESET_TABLES[preset].split()] if preset in PRESET_TABLES else list(TABLES)
 
 def clean(value):  # a JSON-safe copy: NaN / inf become null (eval.py writes NaN for a class without test points)
     if isinstance(value, float):
@@ -301,8 +307,8 @@ def clean(value):  # a JSON-safe copy: NaN / inf become null (eval.py writes NaN
     return [clean(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 def results_page(preset, command, seeds, claim_rows, texts, figure_names) -> str:
-    """README.md of a results folder: the verdicts, then every table (texts: their markdown) and figure, one page."""
-    tables = [re.sub("^#", "###", texts[t], flags=re.M) for t in TABLES]
+    """README.md of a results folder: the verdicts, then each table (texts: name -> markdown) and figure, one page."""
+    tables = [re.sub("^#", "###", text, flags=re.M) for text in texts.values()]
     return "\n".join([
         f"# Results: {preset}", "",
         f"Made by `{command}` ({seeds} seed{'s' * (seeds > 1)}); report.py writes this page with the tables and "
@@ -330,7 +336,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     problems, tables, texts = [], {}, {}
     report = Report(args.preset, load_runs(runs_dir, problems), args.quick, command)
-    for table in TABLES:
+    for table in report.tables:
         texts[table], tables[table] = report.render(table)
         with open(os.path.join(out, f"{table}.md"), "w") as f:
             f.write(texts[table])
@@ -342,8 +348,8 @@ def main(argv=None):
     claim_rows = claims.write(report.runs, out, report.num_classes)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(results_page(args.preset, command, report.seed_count, claim_rows, texts, blob["figures"]))
-    print(f"wrote {out}: README.md, table1-10.md, tableA1-A2.md, claims.md, attacks.md, fig2-7.png, figA2.png, "
-          "routing.png, results.json")
+    print(f"wrote {out}: README.md, {', '.join(t + '.md' for t in texts)}, claims.md, attacks.md, "
+          f"{', '.join(f + '.png' for f in sorted(blob['figures']))}, results.json")
     for p in problems:
         print(f"warning: {p}")
 

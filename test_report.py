@@ -130,6 +130,19 @@ def test_report_without_runs_writes_na_tables(tmp_path):
     assert blob["preset"] == "cifar10" and blob["runs"] == {} and "no such folder" in blob["problems"][0]
 
 
+def test_a_preset_page_has_only_the_tables_and_figures_its_runs_make(tmp_path):
+    """fashion_mnist runs no E / beta sweep and no MoE-CNN: no Tables 8, 9, A1, A2, no Figure A2."""
+    out = tmp_path / "out"
+    report.main(["fashion_mnist", "--runs", str(tmp_path / "none"), "--out", str(out)])
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted([f"table{k}.md" for k in (1, 2, 3, 4, 5, 6, 7, 10)] + [f"fig{k}.png" for k in range(2, 8)]
+                          + ["routing.png", "README.md", "claims.md", "attacks.md", "results.json"])
+    page = (out / "README.md").read_text()
+    assert "### Table 7:" in page and "### Table 10:" in page and "Table 8" not in page and "A2" not in page
+    assert sorted(json.loads((out / "results.json").read_text())["tables"]) == sorted(
+        f"table{k}" for k in (1, 2, 3, 4, 5, 6, 7, 10))
+
+
 def test_results_go_inside_the_runs_folder_by_default(tmp_path):
     runs = tmp_path / "runs"
     write_json(runs / "st" / "eval_pgd.json", single_eval("pgd", 94.0, 14.0, 15.0, 56.0))
