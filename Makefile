@@ -39,9 +39,10 @@ train = $(if $(PAPER),--dataset $(PRESET) $(call arch,$1) $(GPU) $(PAPER),$(call
   fashion_mnist --data-dir $(or $(DATA),data) --train-n $(TRAIN_N)) $(if $(QUICK),--bs 256)) $(CURVE)
 EVAL_N ?= $(call pick,40,0,0,2000)# test points of the final evaluations (0: all)
 AA_N ?= $(call pick,20,100,0,200)
+SMOOTH_N ?= $(call pick,,,,500)# fashion_mnist: the smooth attack runs all 4 experts on every point, 3x PGD's time
 # fashion_mnist: AutoAttack, the costliest, on the targets and the alpha the claims read
 aa_only = $(if $(FASHION),$(if $(dual),--aa-alphas 0.7,$(if $(filter st rter at,$1),,--aa-targets whole)))
-EVAL += $(if $(QUICK),--steps 5 --aa-version quick) --n $(EVAL_N) --aa-n $(AA_N)
+EVAL += $(if $(QUICK),--steps 5 --aa-version quick) --n $(EVAL_N) --aa-n $(AA_N)$(if $(SMOOTH_N), --smooth-n $(SMOOTH_N))
 comma := ,
 
 # $(JOB) TARGET COMMAND...: the output to RUN/<stage>.log; a stage whose input checkpoint was never written (its run

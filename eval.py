@@ -100,6 +100,8 @@ def parse_args(argv=None):
     p.add_argument("--n", type=cli.number(int, 0), default=0, help="evaluate a fixed subset of n test points (0: all)")
     p.add_argument("--aa-n", type=cli.number(int, 0), default=None,
                    help="test points for AutoAttack, far costlier than PGD (default: --n)")
+    p.add_argument("--smooth-n", type=cli.number(int, 0), default=None,
+                   help="test points for the smooth attack, which runs every expert on every point (default: --n)")
     p.add_argument("--bs", type=cli.number(int, 1), default=256)
     p.add_argument("--data-dir", default=None, help="default: the run's")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -277,7 +279,8 @@ def main(argv=None):
         one = argparse.Namespace(**{**vars(args), "attack": attack})
         if attack == "aa":
             one.targets, one.alphas = args.aa_targets or args.targets, args.aa_alphas or args.alphas
-        n = args.aa_n if attack == "aa" and args.aa_n is not None else args.n
+        n = {"aa": args.aa_n, "smooth": args.smooth_n}.get(attack)
+        n = args.n if n is None else n
         x, y = (t.to(device) for t in data.test_subset(test, n))
         index = data.subset_index(len(test), n).tolist()
         result, table = evaluate(model, x, y, index, dual, run_args, one, eps, step, info.num_classes)

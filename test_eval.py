@@ -38,13 +38,13 @@ def files(folder):
 
 def test_several_attacks_in_one_call_write_each_ones_files(runs, tmp_path):
     ckpt = str(runs / "st" / "ckpt.pt")
-    small = ["--ckpt", ckpt, "--n", "30", "--aa-n", "8", "--steps", "2", "--aa-version", "quick"]
+    small = ["--ckpt", ckpt, "--n", "30", "--aa-n", "8", "--smooth-n", "12", "--steps", "2", "--aa-version", "quick"]
     results = ev.main([*small, "--attack", "pgd,aa,smooth", "--out", str(tmp_path / "all")])
     assert files(tmp_path / "all") == [f"eval_{a}.{ext}" for a in ("aa", "pgd", "smooth") for ext in ("json", "md")]
     for attack in ("pgd", "aa", "smooth"):
         blob = json.loads((tmp_path / "all" / f"eval_{attack}.json").read_text())
         assert blob == json.loads(json.dumps(results[attack])) and blob["attack"] == attack
-        assert blob["n"] == (8 if attack == "aa" else 30)
+        assert blob["n"] == {"aa": 8, "smooth": 12}.get(attack, 30)
         assert {"sa", "ra", "ra_e", "ra_r"} <= set(blob) and len(blob["index"]) == blob["n"]
         assert ("aa_version" in blob) == (attack == "aa")
     assert json.loads((tmp_path / "all" / "eval_aa.json").read_text())["aa_version"] == \
@@ -111,6 +111,7 @@ BAD = {
     "bs_zero": (["--ckpt", "{st}", "--bs", "0"], ["--bs", "0"]),
     "n_negative": (["--ckpt", "{st}", "--n", "-5"], ["--n", "-5"]),
     "aa_n_negative": (["--ckpt", "{st}", "--aa-n", "-1"], ["--aa-n"]),
+    "smooth_n_negative": (["--ckpt", "{st}", "--smooth-n", "-1"], ["--smooth-n"]),
     "steps_negative": (["--ckpt", "{st}", "--steps", "-1"], ["--steps"]),
     "steps_not_int": (["--ckpt", "{st}", "--steps", "2.5"], ["--steps", "2.5"]),
     "eps_above_one": (["--ckpt", "{st}", "--eps", "1.5"], ["--eps", "1.5"]),
