@@ -77,8 +77,9 @@ all: $(if $4,$2/train.done) $(patsubst %,$2/eval_%.json,$3)
 $(if $4,$2/train.done): | $(call pair,$1,$5,train.done)
 	$$(JOB) $$@ $(strip python $4 $(call std_rob,$1,$5) $(call train,$1) --epochs $(call epochs,$1) --out $2 --resume)
 $(patsubst %,$2/eval_%.json,$3) &: $(if $4,$2/train.done,$(call pair,$1,$5,train.done))
-	$$(JOB) $2/eval $(strip python eval.py $(if $4,--ckpt $2/ckpt.pt $(call own_alpha,$1),$(call std_rob,$1,$5) \
+	$$(JOB) $2/eval $(strip python eval.py --keep-done $(if $4,--ckpt $2/ckpt.pt $(call own_alpha,$1),$(call std_rob,$1,$5) \
 	  --alphas 0.5,0.6,0.7,0.8,0.9,1.0 --out $2) --attack $(subst $() ,$(comma),$3) $(EVAL) $(call aa_only,$1))
+.PRECIOUS: $(patsubst %,$2/eval_%.json,$3)# eval.py writes each whole: a kill keeps the finished ones
 endef
 seeded = $(if $1,$1$(if $(filter-out 0,$2), --seed $2))# training script and flags of one seed
 experiment = $(foreach s,$(shell seq 0 $$(($(SEEDS) - 1))),\

@@ -102,6 +102,9 @@ def parse_args(argv=None):
                    help="test points for AutoAttack, far costlier than PGD (default: --n)")
     p.add_argument("--smooth-n", type=cli.number(int, 0), default=None,
                    help="test points for the smooth attack, which runs every expert on every point (default: --n)")
+    p.add_argument("--keep-done", action="store_true",
+                   help="skip an attack whose JSON in the output folder is newer than the checkpoint: after a kill, "
+                        "run_all redoes only the attacks that had not finished")
     p.add_argument("--bs", type=cli.number(int, 1), default=256)
     p.add_argument("--data-dir", default=None, help="default: the run's")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -274,7 +277,14 @@ def main(argv=None):
     out_dir = args.out or default_out(args)
     os.makedirs(out_dir, exist_ok=True)
     results = {}
+    newest_ckpt = max(os.path.getmtime(path) for path in (args.ckpt, args.std, args.rob) if path)
     for attack in args.attack:
+        path = os.path.join(out_dir, result_name(attack))
+        if args.keep_done and os.path.exists(path + ".json") and os.path.getmtime(path + ".json") > newest_ckpt:
+            with open(path + ".json") as f:
+                results[attack] = json.load(f)
+            print(f"kept {path}.json: newer than the checkpoint (--keep-done)")
+            continue
         torch.manual_seed(args.seed)  # each attack as if it ran alone: its numbers do not depend on the list
         one = argparse.Namespace(**{**vars(args), "attack": attack})
         if attack == "aa":
@@ -284,7 +294,6 @@ def main(argv=None):
         x, y = (t.to(device) for t in data.test_subset(test, n))
         index = data.subset_index(len(test), n).tolist()
         result, table = evaluate(model, x, y, index, dual, run_args, one, eps, step, info.num_classes)
-        path = os.path.join(out_dir, result_name(attack))
         # written whole or not at all: run_all's make takes any JSON it finds as done
         checkpoint.atomic_write(path + ".md", table)
         checkpoint.atomic_write(path + ".json", json.dumps(result, indent=1))

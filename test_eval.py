@@ -6,6 +6,7 @@ tests run as subprocesses started before this file's first test.
 """
 import argparse
 import json
+import os
 import shutil
 import sys
 
@@ -82,6 +83,22 @@ def test_aa_targets_and_alphas_narrow_autoattack_only(runs, tmp_path):
                     "--aa-alphas", "0.7", "--out", str(tmp_path / "dual")])
     assert [row["alpha"] for row in dual["pgd"]["rows"]] == [0.7, 0.9]
     assert [row["alpha"] for row in dual["aa"]["rows"]] == [0.7]
+
+
+def test_keep_done_redoes_only_the_attacks_without_a_fresh_json(runs, tmp_path, monkeypatch):
+    ckpt, out = runs / "st" / "ckpt.pt", tmp_path / "out"
+    flags = ["--ckpt", str(ckpt), "--n", "10", "--steps", "1", "--attack", "pgd,smooth", "--out", str(out)]
+    first = ev.main(flags)
+    (out / "eval_smooth.json").unlink()  # as a kill during the smooth attack leaves it
+    seen = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a: seen.append(a[6].attack) or real(*a))
+    again = ev.main([*flags, "--keep-done"])
+    assert seen == ["smooth"] and again == json.loads(json.dumps(first))
+    os.utime(ckpt)  # a newer checkpoint: nothing is kept
+    seen.clear()
+    ev.main([*flags, "--keep-done"])
+    assert seen == ["pgd", "smooth"]
 
 
 def test_a_pair_gets_a_folder_of_its_own_beside_the_runs(runs, capsys):

@@ -285,6 +285,39 @@ def test_a_stage_counts_a_divergence_as_done_and_skips_a_missing_checkpoint(tmp_
     assert not (tmp_path / "jtdmoe_a0.7").exists()
 
 
+def test_a_kill_during_an_evaluation_keeps_the_attacks_it_finished(tmp_path):
+    """make deletes an interrupted recipe's targets unless they are precious: eval.py writes each JSON whole, so the
+    finished ones stay, and the rerun passes --keep-done so eval.py redoes only the rest."""
+    runs, fake = tmp_path / "runs", tmp_path / "fake"
+    (runs / "st").mkdir(parents=True)
+    for name in ("ckpt.pt", "train.done"):
+        (runs / "st" / name).touch()
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/sh\necho "$@" >> "$0.calls"\n'  # pgd done, then the next attack hangs
+                                 f'echo {{}} > {runs}/st/eval_pgd.json; touch {fake}/started; exec sleep 60\n')
+    (fake / "python").chmod(0o755)
+    env = env_for(tmp_path)
+    env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    make = ["make", "-s", "-f", os.path.join(HERE, "Makefile"), f"RUNS={runs}", "PRESET=digits", "QUICK=1",
+            f"{runs}/st/eval_pgd.json"]
+    proc = subprocess.Popen(make, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        for _ in range(600):
+            if (fake / "started").exists():
+                break
+            time.sleep(0.05)
+        assert (fake / "started").exists(), proc.communicate(timeout=60)
+        os.killpg(proc.pid, signal.SIGTERM)  # make and its job, as run_all stops them
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (runs / "st" / "eval_pgd.json").exists(), err
+    calls = (fake / "python.calls").read_text().split()
+    assert calls[:2] == ["eval.py", "--keep-done"] and "pgd,aa,smooth,adaptive" in calls, calls
+
+
 def dry_run(args, tmp_path, **env):
     proc, _ = run_all([*args, "--dry-run"], env_for(tmp_path, DATA_DIR="/nonexistent", RUNS_DIR=str(tmp_path / "runs"),
                                                     **env), tmp_path, timeout=60)
