@@ -124,7 +124,7 @@ def test_quick_digits_end_to_end_then_everything_reused(quick):
     assert aa["aa_version"] == "quick: APGD-CE only, 10 iterations" and aa["n"] == 20
     assert json.loads((runs / "st" / "eval_pgd.json").read_text())["n"] == 40
     assert (runs / "st" / "train.log").read_text().startswith("+ python train_st.py")
-    assert (runs / "st" / "eval.log").read_text().startswith("+ python eval.py --ckpt")
+    assert (runs / "st" / "eval.log").read_text().startswith("+ python eval.py --keep-done --ckpt")
 
     # second run: nothing trained or evaluated again, not a file rewritten, identical tables
     before = outputs(runs)
@@ -345,7 +345,7 @@ def test_dry_run_shows_the_paper_settings(tmp_path):
     assert ("train_advmoe.py --loss trades --scale 0.2 --steps 2 --step-size 0.0196078 --dataset cifar10 "
             "--arch moe_resnet18 --amp "
             "--channels-last --data-dir /nonexistent --eval-n 1000 --epochs 100") in out
-    assert f"eval.py --ckpt {tmp_path}/runs/a1_moe/ckpt.pt --attack pgd,aa " in out
+    assert f"eval.py --keep-done --ckpt {tmp_path}/runs/a1_moe/ckpt.pt --attack pgd,aa " in out
     assert f"python report.py cifar10 --runs {tmp_path}/runs --out {tmp_path}/runs/results" in out
     out, trains, evals = dry_run(["cifar100"], tmp_path)  # Table A2 only
     assert len(trains) == 26 and all("--dataset cifar100 --arch moe_" in line for line in trains)
