@@ -7,10 +7,10 @@ from outcomes import EVAL_NAME
 from paper import PAPER
 from report_data import DUAL, NA, finite, fmt_eps
 
-# Figure A2's runs (the Makefile's names): AdvMoE of Table A1 (10-step training) and of Table A2 (2-step, each r)
 # each figure draws runs of these tables: a preset that makes none of them (report.tables) has no such figure
-FIGURE_TABLES = {"fig2": "table2", "fig4": "table2", "fig5": "table7", "fig7": "table3", "figA2": "tableA1 tableA2",
-                 "fig3": "table3", "fig6": "table4"}
+FIGURE_TABLES = {"fig2": ("table2",), "fig4": ("table2",), "fig5": ("table7",), "fig7": ("table3",),
+                 "figA2": ("tableA1", "tableA2"), "fig3": ("table3",), "fig6": ("table4",)}
+# Figure A2's runs (the Makefile's names): AdvMoE of Table A1 (10-step training) and of Table A2 (2-step, each r)
 ADVMOE_RUNS = [("10-step training, r = 0.5", "a1_advmoe")] + [
     (f"2-step training, r = {r}", f"a2_advmoe_r{r}") for r in ("0.2", "0.5", "0.8")]
 
@@ -54,7 +54,7 @@ def figures(report, out):
              [("TRADES", "trades"), ("AdvMoE", "advmoe"), ("RT-ER", "rter")]),
             ("fig7", "Figure 7: JTDMoE per epoch, alpha 0.5-0.8 | preset {p}", jt),
             ("figA2", "Figure A2 (AdvMoE appendix): AdvMoE per epoch | preset {p}{arch[a1_advmoe]}", ADVMOE_RUNS)):
-        if not set(FIGURE_TABLES[name].split()) & set(report.tables):
+        if not set(FIGURE_TABLES[name]) & set(report.tables):
             continue
         panels = []
         for key in ("sa", "ra"):
@@ -78,7 +78,7 @@ def figures(report, out):
         data[name] = draw(os.path.join(out, f"{name}.png"), title.format(p=p, arch=arch) + "\n" + (
             setting or "no run yet") + ("; dashed: pre-trained dual at alpha 0.7 (eval.py)" * (name == "fig7")), panels)
     for name, attack, alphas in (("fig3", "pgd", (0.7, 0.8, 0.9)), ("fig6", "aa", (0.7,))):  # the dual model vs alpha
-        if FIGURE_TABLES[name] not in report.tables:
+        if not set(FIGURE_TABLES[name]) & set(report.tables):
             continue
         ev = report.runs.get("dual_pretrained", {}).get("evals", {}).get(EVAL_NAME.format(attack)) or {}
         rows = sorted((r for r in ev.get("rows", []) if finite(r.get("alpha"))), key=lambda r: r["alpha"])
