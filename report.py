@@ -55,6 +55,10 @@ class Report:
     def blocks(self, spec):  # the blocks of a table drawn on this preset (a block's `skip` names those it is not)
         return [b for b in spec.get("blocks", [spec]) if self.preset not in b.get("skip", ())]
 
+    def runs_of(self, spec):  # the runs a table reads on this preset, in order
+        return list(dict.fromkeys(r for b in self.blocks(spec)
+                                  for r in b.get("runs") or [row.run for row in b["rows"]]))
+
     @property
     def seed_count(self):  # the most seeds any run has
         return max(map(len, self.seeds.values()), default=1)
@@ -104,8 +108,7 @@ class Report:
             elif PAPER.get(table) and self.paper_ds not in PAPER[table]:
                 out.append(f"The paper reports this table for {', '.join(PAPER_NAME[d] for d in PAPER[table])} only: "
                            f"paper cells are n/a on {self.preset}.")
-        runs = list(dict.fromkeys(r for b in self.blocks(spec) for r in b.get("runs") or
-                                  [row.run for row in b["rows"]]))
+        runs = self.runs_of(spec)
         if "extra" not in spec:  # Table 9 says it in its status column
             out += [f"Run `{folder}` collapsed ({self.runs[folder]['diverged'].get('message', 'diverged')}); its "
                     "numbers (if any) are from its last good checkpoint." for run in runs
@@ -294,7 +297,8 @@ TABLES = {
 }
 TABLES.update(ADVMOE_TABLES)  # Tables A1, A2 (the AdvMoE appendix): their specs and block drawer live there
 # the tables whose runs a preset's run_all.sh makes (the Makefile's experiment lists); any other preset: every table
-PRESET_TABLES = {"fashion_mnist": "1 2 3 4 5 6 7 10", "cifar100": "A2", "imagenet": "10"}
+PRESET_TABLES = {"fashion_mnist": "1 2 3 4 5 6 7 10", "cifar100": "A2", "imagenet": "10",
+                 "tinyimagenet": "1 2 3 4 5 6 7 8 9 10"}  # the AdvMoE appendix is CIFAR (and digits) only
 
 def tables_of(preset):
     return ["table" + t for t in PRESET_TABLES[preset].split()] if preset in PRESET_TABLES else list(TABLES)

@@ -210,7 +210,7 @@ def test_figure_titles_say_nothing_unknown(tmp_path, monkeypatch):
     titles = {}
     monkeypatch.setattr(figures, "draw", lambda path, title, panels, size=None: titles.setdefault(
         os.path.basename(path), title) and panels)
-    report.main(["tinyimagenet", "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    report.main(["cifar10", "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
     assert titles["figA2.png"] and not any("?" in t for t in titles.values()), titles
 
 

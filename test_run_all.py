@@ -355,6 +355,19 @@ def test_dry_run_shows_the_paper_settings(tmp_path):
     assert "--method trades --dataset imagenet --arch vit_small --pretrained" in out
 
 
+@pytest.mark.parametrize("preset", ["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet"])
+def test_a_preset_makes_every_run_its_tables_read_and_no_other(tmp_path, preset):
+    """report.PRESET_TABLES (what a results page shows) against the Makefile's experiment lists (what run_all makes):
+    a table of the page is never left 'not run yet'; the only runs no table reads are Figure 7's alpha sweep."""
+    import report
+    _, trains, evals = dry_run([preset], tmp_path)
+    made = {re.search(r"/runs/([^/ ]+)/", line).group(1) for line in trains + evals}
+    page = report.Report(preset, {}, False, "")
+    read = {run for table in page.tables for run in page.runs_of(report.TABLES[table])}
+    assert read <= made, sorted(read - made)
+    assert made - read <= {"jtdmoe_a0.5", "jtdmoe_a0.6", "jtdmoe_a0.8"}, sorted(made - read)
+
+
 def test_seeds_run_in_seed_folders_with_their_own_st_and_rter(tmp_path):
     out, trains, evals = dry_run([*QUICK, "--seeds", "2"], tmp_path, EVAL_N="7", AA_N="3", RESULTS_DIR="res")
     assert f"--out {tmp_path}/res --command" in out  # RESULTS_DIR, relative to where run_all was started
