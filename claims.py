@@ -229,7 +229,7 @@ def side_by_side(presets: dict) -> str:
         attacks = got[0][2]
         under = f"worst case of {attacks.count(',') + 1} attack:targets" if attacks.startswith("worst of") else \
             "; ".join(dict.fromkeys(a.split(":")[0].split(" (PGD")[0] for a in attacks.split("; ")))
-        cells = [f"{row[9]} {row[6].split(' (')[0]} {row[7]} ({row[8]})" if row else "no data"
+        cells = [f"{row[9]} {row[6].split(' (')[0]} {row[7]} ({row[8]})" if row else "not run"
                  for row in (found.get(claim) for found in presets.values())]
         rows.append([claim, got[0][1], under, *cells])
     return markdown_table(["claim", "source in the paper", "judged under", *presets], rows)
