@@ -13,6 +13,12 @@ FIGURE_TABLES = {"fig2": ("table2",), "fig4": ("table2",), "fig5": ("table7",), 
 # Figure A2's runs (the Makefile's names): AdvMoE of Table A1 (10-step training) and of Table A2 (2-step, each r)
 ADVMOE_RUNS = [("10-step training, r = 0.5", "a1_advmoe")] + [
     (f"2-step training, r = {r}", f"a2_advmoe_r{r}") for r in ("0.2", "0.5", "0.8")]
+JTDMOE_SWEEP = [(f"JTDMoE alpha {a}", f"jtdmoe_a{a}") for a in ("0.5", "0.6", "0.7", "0.8")]  # Figure 7's runs
+
+
+def on_page(report, figure):  # whether the preset makes a table whose runs the figure draws
+    return bool(set(FIGURE_TABLES[figure]) & set(report.tables))
+
 
 def draw(path, title, panels, size=(9, 4.3)):
     """A figure of side-by-side panels, each a list of (Axes method, args, kwargs) calls; returns the panels."""
@@ -45,16 +51,16 @@ def figures(report, out):
     arch = {run: f", arch {a}" if (a := ((report.runs.get(run) or {}).get("args") or {}).get("arch")) else ""
             for run in ("rter", "a1_advmoe")}  # said where the run exists
     base = report.evaluation("dual_pretrained", "pgd", 0.7) or {}  # Figure 7's dashed level
-    jt, data = [(f"JTDMoE alpha {a}", f"jtdmoe_a{a}") for a in ("0.5", "0.6", "0.7", "0.8")], {}
+    data = {}
     for name, title, series in (  # SA and RA per epoch
             ("fig2", "Figure 2: AT vs RT-ER per epoch | preset {p}", [("AT", "at"), ("RT-ER", "rter")]),
             ("fig4", "Figure 4 (paper: ViT-small experts on TinyImageNet): AT vs RT-ER per epoch | preset {p}"
                      "{arch[rter]}", [("AT", "at"), ("RT-ER", "rter")]),
             ("fig5", "Figure 5: TRADES / AdvMoE / RT-ER per epoch | preset {p}",
              [("TRADES", "trades"), ("AdvMoE", "advmoe"), ("RT-ER", "rter")]),
-            ("fig7", "Figure 7: JTDMoE per epoch, alpha 0.5-0.8 | preset {p}", jt),
+            ("fig7", "Figure 7: JTDMoE per epoch, alpha 0.5-0.8 | preset {p}", JTDMOE_SWEEP),
             ("figA2", "Figure A2 (AdvMoE appendix): AdvMoE per epoch | preset {p}{arch[a1_advmoe]}", ADVMOE_RUNS)):
-        if not set(FIGURE_TABLES[name]) & set(report.tables):
+        if not on_page(report, name):
             continue
         panels = []
         for key in ("sa", "ra"):
@@ -78,7 +84,7 @@ def figures(report, out):
         data[name] = draw(os.path.join(out, f"{name}.png"), title.format(p=p, arch=arch) + "\n" + (
             setting or "no run yet") + ("; dashed: pre-trained dual at alpha 0.7 (eval.py)" * (name == "fig7")), panels)
     for name, attack, alphas in (("fig3", "pgd", (0.7, 0.8, 0.9)), ("fig6", "aa", (0.7,))):  # the dual model vs alpha
-        if not set(FIGURE_TABLES[name]) & set(report.tables):
+        if not on_page(report, name):
             continue
         ev = report.runs.get("dual_pretrained", {}).get("evals", {}).get(EVAL_NAME.format(attack)) or {}
         rows = sorted((r for r in ev.get("rows", []) if finite(r.get("alpha"))), key=lambda r: r["alpha"])

@@ -1,6 +1,5 @@
 """moe.py against the formulas: routing, batched dispatch, component views, the dual model, the balance loss,
 the ST loss, expert builders and the stand-alone import."""
-
 from urllib.parse import urlparse
 
 import pytest

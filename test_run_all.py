@@ -329,6 +329,10 @@ def dry_run(args, tmp_path, **env):
     return proc.stdout, trains, evals
 
 
+def run_names(commands):  # the runs (folder names) that dry-run commands train or evaluate
+    return {re.search(r"/runs/([^/ ]+)/", line).group(1) for line in commands}
+
+
 def test_dry_run_shows_the_paper_settings(tmp_path):
     out, trains, evals = dry_run(["cifar10"], tmp_path)
     assert ("train_rter.py --beta 6 --dataset cifar10 --arch resnet18 --amp --channels-last --data-dir /nonexistent "
@@ -338,7 +342,7 @@ def test_dry_run_shows_the_paper_settings(tmp_path):
     a1 = [f"{t}_{m.format('')}" for t in ("a1", "a1w") for m in CNN]
     a2 = [f"{t}_{m.format(f'_r{r}')}" for t in ("a2", "a2w") for m in CNN for r in (0.2, 0.5, 0.8)]
     assert len(trains) == 18 + 10 + 26 and len(evals) == 19 + 10 + 26
-    assert {re.search(r"/runs/([^/ ]+)/", line).group(1) for line in trains + evals} == set(RUNS + a1 + a2)
+    assert run_names(trains + evals) == set(RUNS + a1 + a2)
     assert (f"train_sparse.py --loss trades --scale 0.5 --steps 10 --init {tmp_path}/runs/a1w_dense/ckpt.pt "
             "--dataset cifar10 --arch moe_wrn28_10 --amp --channels-last --data-dir /nonexistent --eval-n 1000 "
             "--epochs 200") in out  # AT (Sparse): HYDRA prunes its table's AT (Dense); 100 + 100 epochs
@@ -359,13 +363,14 @@ def test_dry_run_shows_the_paper_settings(tmp_path):
 def test_a_preset_makes_every_run_its_tables_read_and_no_other(tmp_path, preset):
     """report.PRESET_TABLES (what a results page shows) against the Makefile's experiment lists (what run_all makes):
     a table of the page is never left 'not run yet'; the only runs no table reads are Figure 7's alpha sweep."""
+    import figures
     import report
     _, trains, evals = dry_run([preset], tmp_path)
-    made = {re.search(r"/runs/([^/ ]+)/", line).group(1) for line in trains + evals}
+    made = run_names(trains + evals)
     page = report.Report(preset, {}, False, "")
     read = {run for table in page.tables for run in page.runs_of(report.TABLES[table])}
     assert read <= made, sorted(read - made)
-    assert made - read <= {"jtdmoe_a0.5", "jtdmoe_a0.6", "jtdmoe_a0.8"}, sorted(made - read)
+    assert made - read <= {run for _, run in figures.JTDMOE_SWEEP}, sorted(made - read)
 
 
 def test_seeds_run_in_seed_folders_with_their_own_st_and_rter(tmp_path):
