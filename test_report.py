@@ -113,6 +113,21 @@ def test_two_seeds_show_mean_and_sample_std(tmp_path):
     assert record[0]["seeds"]["dual_pretrained-seed1"]["improvement_pp"] == pytest.approx(20.0)
 
 
+def test_a_target_an_evaluation_skipped_is_named_under_its_table(tmp_path):
+    """n/a in a row that was evaluated says why: its attack left those targets out (not that it is missing)."""
+    runs = tmp_path / "runs"
+    whole_only = single_eval("aa", 80.0, 60.0, 0.0, 0.0)
+    del whole_only["ra_e"], whole_only["ra_r"], whole_only["correct"]["experts"], whole_only["correct"]["router"]
+    write_json(runs / "trades" / "eval_aa.json", whole_only)
+    write_json(runs / "rter" / "eval_aa.json", single_eval("aa", 80.0, 60.0, 55.0, 70.0))
+    rep = report.Report("digits", report.load_runs(str(runs), []), False, "bash run_all.sh digits")
+    text, _ = rep.render("table7")
+    assert "| TRADES | 80.00 | 60.00 | n/a | n/a |" in text and "| RT-ER | 80.00 | 60.00 | 55.00 | 70.00 |" in text
+    notes = [line for line in text.splitlines() if "did not attack" in line]
+    assert notes == ["- n/a: RA-E and RA-R of `trades`: their AutoAttack (standard) evaluation did not attack those "
+                     "targets."]
+
+
 def test_report_without_runs_writes_na_tables(tmp_path):
     """report.py on missing inputs: every file written, n/a cells, paper columns on a paper preset."""
     out = tmp_path / "out"
