@@ -160,10 +160,10 @@ class Report:
                 record[extra_name] = "; ".join(map(": ".join, zip(folders, texts))) if len(set(texts)) > 1 else texts[0]
             rows.append(cells + [ours[key] for _, key in routes] + ([record[extra_name]] if extra_name else []))
             records.append(record)
-            unattacked = [n for n, key in metrics if any(evs) and not any(finite(v.get(key)) for v in values)]
-            if unattacked and not dual:  # evaluated, but not on every target (fashion_mnist: AutoAttack on its claims')
-                skipped.setdefault((claims.attack_name(next(ev for ev in evs if ev)), " and ".join(unattacked)),
-                                   []).append(f"`{row.run}`")
+            evaluated = next((ev for ev in evs if ev), None)
+            unattacked = [n for n, key in metrics if not any(finite(v.get(key)) for v in values)]
+            if evaluated and unattacked and not dual:  # not on every target (fashion_mnist: AutoAttack on its claims')
+                skipped.setdefault((claims.attack_name(evaluated), " and ".join(unattacked)), []).append(f"`{row.run}`")
         notes += [f"n/a: {cells} of {', '.join(runs)}: their {name} evaluation did not attack those targets."
                   for (name, cells), runs in skipped.items()]
         return header + [n for n, _ in routes] + [extra_name] * bool(extra_name), rows, used, records, notes
