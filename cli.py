@@ -2,6 +2,8 @@
 import argparse
 import math
 import os
+import platform
+import re
 import sys
 
 import torch
@@ -56,6 +58,23 @@ def pick_device(name: str = "auto", local_rank: int = None) -> torch.device:
         raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
     return torch.device(name)
 
+
+
+def machine() -> dict:
+    """What this process computes on. Kernels differ by CPU capability, oneDNN version and thread count (sums split
+    differently), so a number is reproducible bit for bit only on the machine recorded with it."""
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:  # not Linux
+        pass
+    onednn = re.search(r"(?:oneDNN|MKL-DNN) v(\d+(?:\.\d+)*)", torch.__config__.show())  # MKL-DNN: oneDNN's old name
+    # str(): torch.__version__ is a str subclass, which the checkpoint's weights_only loading refuses
+    return {"cpu": cpu or platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": str(torch.__version__),
+            "onednn": onednn.group(1) if onednn else None, "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def pick_threads(cores: int = None, load: float = None) -> int:

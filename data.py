@@ -389,7 +389,9 @@ def train_subset(train, n: int = 0, seed: int = 0):
     """A fixed class-balanced subset of n training points (all when n <= 0), the same for every run: the classes take
     turns, each giving its next point of one seeded permutation, so their counts differ by at most one while they last.
     """
-    if n <= 0 or n >= len(train):
+    if n > len(train):  # silently training on all of them would record a subset that was never used
+        raise ValueError(f"--train-n {n} is more than the {len(train)} training images")
+    if n <= 0 or n == len(train):
         return train
     y = train.y if isinstance(train, ImageTensors) else torch.tensor(train.targets)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))

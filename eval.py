@@ -92,16 +92,18 @@ def parse_args(argv=None):
     p.add_argument("--aa-targets", type=comma_list(target_name), default=None,
                    help="AutoAttack's targets, where they are fewer than the other attacks' (it costs the most)")
     p.add_argument("--aa-alphas", type=comma_list(alpha_value), default=None,
-                   help="AutoAttack's alphas of a dual model, where they are fewer than --alphas")
+                   help="AutoAttack's alphas of a dual model, where they are fewer than --alphas (some of them)")
     p.add_argument("--eps", type=cli.number(float, 0, 1), default=None,
                    help="l_inf budget in pixel units (default: the run's)")
     p.add_argument("--step-size", type=cli.number(float, 0), default=None, help="PGD step (default eps/4)")
     p.add_argument("--steps", type=cli.number(int, 0), default=50, help="PGD steps")
     p.add_argument("--n", type=cli.number(int, 0), default=0, help="evaluate a fixed subset of n test points (0: all)")
     p.add_argument("--aa-n", type=cli.number(int, 0), default=None,
-                   help="test points for AutoAttack, far costlier than PGD (default: --n)")
+                   help="test points for AutoAttack, far costlier than PGD (default and at most: --n, a subset of "
+                        "its points)")
     p.add_argument("--smooth-n", type=cli.number(int, 0), default=None,
-                   help="test points for the smooth attack, which runs every expert on every point (default: --n)")
+                   help="test points for the smooth attack, which runs every expert on every point (default and "
+                        "at most: --n, a subset of its points)")
     p.add_argument("--keep-done", action="store_true",
                    help="skip an attack whose JSON in the output folder is newer than the checkpoint: after a kill, "
                         "run_all redoes only the attacks that had not finished")
@@ -114,6 +116,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.std or args.rob) or bool(args.std) != bool(args.rob):
         p.error("give either --ckpt PATH, or both --std PATH and --rob PATH")
+    if args.data_dir and not os.path.isdir(args.data_dir):  # fashion_mnist would fall back to the Debian folder
+        p.error(f"--data-dir {args.data_dir}: no such folder")
     return args
 
 
@@ -147,22 +151,47 @@ def load_models(args):
     return DualMoE(std, rob, 0.7, args.combine or "logits"), rob_ckpt["args"], True
 
 
-def check_fit(args, dual: bool, cnn: bool = False) -> None:
-    """Attacks and targets the model can take, before any work (ValueError: one line)."""
+def run_alphas(args, run_args) -> list:
+    """The alphas a dual model is evaluated at: --alphas, else the JTDMoE's own, else 0.7."""
+    return args.alphas or [check_alpha(run_args.get("alpha", 0.7))]
+
+
+def check_fit(args, dual: bool, cnn: bool = False, alphas=()) -> None:
+    """Attacks, targets and alphas the model can take, before any work (ValueError: one line); alphas: run_alphas."""
     kind, allowed = ("a dual model", DUAL_TARGETS) if dual else ("a single MoE", ("whole", "experts", "router",
                                                                                   "smooth"))
     if cnn:  # its experts are channel groups inside each layer, not networks: only the whole model is attacked
         kind, allowed = "an MoE-CNN (moe_cnn.py)", ("whole",)
         if "smooth" in args.attack or "adaptive" in args.attack:
             raise ValueError("the smooth and adaptive attacks need whole-network experts; an MoE-CNN takes pgd or aa")
-    wrong = [t for t in args.targets or () if t not in allowed]
-    if wrong:
-        raise ValueError(f"target(s) {', '.join(wrong)} do not fit {kind}; choose from {', '.join(allowed)}")
+    for flag, targets in (("--targets", args.targets), ("--aa-targets", args.aa_targets)):
+        wrong = [t for t in targets or () if t not in allowed]
+        if wrong:
+            raise ValueError(f"{flag}: target(s) {', '.join(wrong)} do not fit {kind}; "
+                             f"choose from {', '.join(allowed)}")
     for attack in ("smooth", "adaptive"):
         if dual and attack in args.attack:
             raise ValueError(f"the {attack} attack is defined for single MoEs; use pgd or aa for dual models")
-    if not dual and args.alphas:
-        raise ValueError("--alphas is for dual models (--std/--rob or a JTDMoE checkpoint)")
+    if not dual and (args.alphas or args.aa_alphas):
+        flag = "--alphas" if args.alphas else "--aa-alphas"
+        raise ValueError(f"{flag} is for dual models (--std/--rob or a JTDMoE checkpoint)")
+    extra = [a for a in args.aa_alphas or () if a not in alphas]
+    if extra:  # AutoAttack only narrows the sweep: an alpha of its own would have no PGD row to pair with
+        raise ValueError(f"--aa-alphas {', '.join(map(str, extra))} not among the alphas evaluated "
+                         f"({', '.join(map(str, alphas))}); add them to --alphas")
+
+
+def check_points(args, total: int) -> None:
+    """Test-point counts the test set holds; AutoAttack's and the smooth attack's points must lie inside the other
+    attacks' (a prefix of one permutation: data.subset_index), since RA (worst) pairs them (ValueError: one line)."""
+    size = lambda n: total if n <= 0 else n  # noqa: E731 (0: all)
+    said = lambda n: f"{n} (all {total})" if n <= 0 else str(n)  # noqa: E731
+    for flag, n in (("--n", args.n), ("--aa-n", args.aa_n), ("--smooth-n", args.smooth_n)):
+        if n is not None and n > total:
+            raise ValueError(f"{flag} {n} is more than the {total} test points")
+        if n is not None and size(n) > size(args.n):
+            raise ValueError(f"{flag} {said(n)} is more than --n {said(args.n)}: its points must lie inside the other "
+                             "attacks'")
 
 
 @torch.no_grad()
@@ -200,6 +229,7 @@ def measure(model, x, y, targets, args, eps, step) -> dict:
             out["correct"][target] = bits(correct)
             if same is not None:
                 out[f"route_same_{target}"] = 100 * same.float().mean().item()
+                out.setdefault("same_route", {})[target] = bits(same)
     return out
 
 
@@ -235,7 +265,7 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
     """(JSON dict, markdown table) of one attack, args.attack; index: the test points' indices."""
     result = {"attack": args.attack, "eps": eps, "step_size": step, "steps": args.steps, "n": len(y),
               "dataset": run_args["dataset"], "ckpt": args.ckpt or {"std": args.std, "rob": args.rob},
-              "index": index}
+              "machine": cli.machine(), "index": index}
     if args.attack == "aa" and args.aa_version in AA_VERSION_NOTE:
         result["aa_version"] = AA_VERSION_NOTE[args.aa_version]
     if not dual:
@@ -247,8 +277,7 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
         columns = [c for c in ("sa", "ra", "ra_e", "ra_r") if c in result]
         columns += [k for k in result if k.startswith("route_same")]
         return result, cli.markdown_table(columns, [[result[c] for c in columns]])
-    alphas = args.alphas or [check_alpha(run_args.get("alpha", 0.7))]
-    rows = measure_dual(model, x, y, alphas, args.targets or DUAL_TARGETS, args, eps, step)
+    rows = measure_dual(model, x, y, run_alphas(args, run_args), args.targets or DUAL_TARGETS, args, eps, step)
     rob_margins = point_margins(model.rob, x, y)
     for row in rows:
         model.alpha = row["alpha"]
@@ -263,7 +292,7 @@ def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
 def main(argv=None):
     args = parse_args(argv)
     model, run_args, dual = load_models(args)
-    check_fit(args, dual, isinstance(model, MoECNN))
+    check_fit(args, dual, isinstance(model, MoECNN), run_alphas(args, run_args) if dual else ())
     eps = run_args.get("eps") if args.eps is None else args.eps
     if eps is None:
         raise ValueError(f"{args.ckpt or args.rob} records no eps; pass --eps")
@@ -274,6 +303,7 @@ def main(argv=None):
         model = model.to(memory_format=torch.channels_last)
     info = data.dataset_info(run_args["dataset"])
     _, test = data.load_dataset(run_args["dataset"], args.data_dir or run_args.get("data_dir", "data"))
+    check_points(args, len(test))
     out_dir = args.out or default_out(args)
     os.makedirs(out_dir, exist_ok=True)
     results = {}

@@ -5,6 +5,7 @@ import gzip
 import math
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -354,6 +355,20 @@ def test_train_n_is_one_class_balanced_subset_for_every_seed(tmp_path, debian):
     y = torch.tensor([0] * 40 + [1] * 5 + [2] * 5)
     part = data.train_subset(data.ImageTensors(torch.zeros(50, 1, 1, 1, dtype=torch.uint8), y), 20)
     assert torch.bincount(part.y).tolist() == [10, 5, 5]
+
+
+def test_train_n_above_the_training_set_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import train_common as tc
+    import train_st
+    monkeypatch.delenv("MOE_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train_st.py", "--dataset", "digits", "--train-n", "5000", "--device", "cpu",
+                                      "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exit_:
+        tc.cli(train_st.main)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: --train-n 5000") and str(len(data.load_dataset("digits")[0])) in lines[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_st_runs_on_fashion_mnist(tmp_path, debian):

@@ -154,6 +154,19 @@ BAD = {
     "std_without_rob": (["--std", "{st}"], ["--rob"]),
     "missing_checkpoint": (["--ckpt", "{tmp}/nothing.pt"], ["nothing.pt"]),
     "unknown_device": (["--ckpt", "{st}", "--device", "tpu"], ["tpu"]),
+    # more points than the test set (digits: 360), or AutoAttack's / the smooth attack's outside the others'
+    "n_above_test_set": (["--ckpt", "{st}", "--n", "5000"], ["--n 5000", "360"]),
+    "aa_n_above_test_set": (["--ckpt", "{st}", "--aa-n", "600"], ["--aa-n 600", "360"]),
+    "aa_n_above_n": (["--ckpt", "{st}", "--n", "30", "--aa-n", "60"], ["--aa-n 60", "--n 30"]),
+    "smooth_n_all_above_n": (["--ckpt", "{st}", "--n", "30", "--smooth-n", "0"], ["--smooth-n 0 (all 360)", "--n 30"]),
+    "dual_aa_target_on_single_moe": (["--ckpt", "{st}", "--attack", "aa", "--aa-targets", "dual"],
+                                     ["--aa-targets", "dual", "single MoE"]),
+    "single_aa_target_on_dual_model": (["--std", "{st}", "--rob", "{st}", "--attack", "aa", "--aa-targets", "whole"],
+                                       ["--aa-targets", "whole", "dual model"]),
+    "aa_alphas_on_single_moe": (["--ckpt", "{st}", "--attack", "aa", "--aa-alphas", "0.7"], ["--aa-alphas", "dual"]),
+    "aa_alphas_outside_alphas": (["--std", "{st}", "--rob", "{st}", "--alphas", "0.7", "--attack", "pgd,aa",
+                                  "--aa-alphas", "0.9"], ["--aa-alphas 0.9", "0.7"]),
+    "missing_data_dir": (["--ckpt", "{st}", "--data-dir", "{tmp}/nope"], ["--data-dir", "nope"]),
 }
 
 
@@ -298,9 +311,10 @@ def test_per_point_outcomes_equal_a_hand_computation_and_combine_into_the_worst_
     for attack, targets in (("pgd", ("whole", "experts", "router")), ("adaptive", ("whole",))):
         torch.manual_seed(0)  # eval.py seeds each attack alike
         for target in targets:
-            correct, _ = attacks.evaluate_attack(model, x, y, target, attack, 0.15, 0.0375, 3)
+            correct, same = attacks.evaluate_attack(model, x, y, target, attack, 0.15, 0.0375, 3)
             by_hand[attack, target] = correct.int().tolist()
             assert (pgd if attack == "pgd" else adaptive)["correct"][target] == by_hand[attack, target]
+            assert (pgd if attack == "pgd" else adaptive)["same_route"][target] == same.int().tolist()
     survivors = [all(bits[i] for bits in by_hand.values()) for i in range(40)]
     worst = 100 * sum(survivors) / 40
     assert f"RA (worst): {worst:.2f} % of 40 points" in after_both
@@ -308,6 +322,16 @@ def test_per_point_outcomes_equal_a_hand_computation_and_combine_into_the_worst_
     assert "adaptive" not in after_pgd
     for bits in by_hand.values():
         assert worst <= 100 * sum(bits) / 40
+
+
+def test_same_route_bits_are_the_points_behind_the_route_same_share(runs, tmp_path):
+    result = ev.main(["--ckpt", str(runs / "st" / "ckpt.pt"), "--n", "30", "--steps", "2", "--attack", "smooth",
+                      "--out", str(tmp_path)])["smooth"]
+    assert set(result["same_route"]) == {"smooth", "experts", "router"}
+    for target, bits in result["same_route"].items():
+        assert len(bits) == result["n"] == len(result["index"]) == 30 and set(bits) <= {0, 1}
+        assert result[f"route_same_{target}"] == pytest.approx(100 * sum(bits) / len(bits))
+    assert json.loads((tmp_path / "eval_smooth.json").read_text())["same_route"] == result["same_route"]
 
 
 def test_autoattack_points_lie_inside_the_pgd_points():

@@ -167,6 +167,29 @@ def test_log_keeps_columns_when_evaluating_every_other_epoch(tmp_path):
     assert float(rows[1]["ra"]) <= float(rows[1]["sa"])
 
 
+def test_every_sitting_records_its_machine_and_an_evaluation_its_own(tmp_path):
+    """args.json keeps each sitting's machine (CPU kernels and thread count change the bits); eval JSON its own."""
+    import eval as ev
+    out, threads = tmp_path / "run", torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train_st.main(tiny_argv(out, 1, bs=512))
+        torch.set_num_threads(1)
+        train_st.main(tiny_argv(out, 2, "--resume", bs=512))
+        torch.set_num_threads(2)
+        result = ev.main(["--ckpt", str(out / "ckpt.pt"), "--n", "10", "--steps", "1"])["pgd"]
+    finally:
+        torch.set_num_threads(threads)
+    args = json.loads((out / "args.json").read_text())
+    assert [(m["from_epoch"], m["threads"]) for m in args["machines"]] == [(1, 2), (2, 1)]
+    assert args["machine"] == {k: v for k, v in args["machines"][-1].items() if k != "from_epoch"}
+    assert args["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert args["machine"]["torch"] == torch.__version__
+    assert tc.load_checkpoint(str(out / "ckpt.pt"))["args"]["machines"] == args["machines"]
+    saved = json.loads((out / "eval_pgd.json").read_text())
+    assert saved["machine"] == {**args["machine"], "threads": 2} and saved["machine"] == result["machine"]
+
+
 # ----------------------------------------------------------------------------- the divergence guard
 
 def nan_loss_after(monkeypatch, good_calls, value=float("nan")):

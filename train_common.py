@@ -23,7 +23,7 @@ import data
 from attacks import clean_correct, evaluate_attack
 from checkpoint import (atomic_save, atomic_write, build_model_from_args, load_checkpoint, load_weights,  # noqa: F401
                         load_dense_weights, log_csv, model_from_checkpoint, read_log, rng_state, set_rng_state)
-from cli import ArgumentParser, Divergence, number, pick_device, run_main as cli  # noqa: F401
+from cli import ArgumentParser, Divergence, machine, number, pick_device, run_main as cli  # noqa: F401
 import moe_cnn
 from moe import ARCHS, DualMoE, MoE, check_routing
 
@@ -50,7 +50,7 @@ MOE_CNN_DEFAULTS = dict(opt="sgd", wd=5e-4, lr=0.1, sched="cosine", epochs=100, 
 # the only settings --resume may change: how long, where and how fast it runs, how often it is evaluated
 RESUMABLE = ("epochs", "out", "data_dir", "download", "device", "workers", "compile", "eval_every", "eval_n",
              "eval_steps")
-RUN_MODE = ("resume", "overwrite", "resumed")  # how this process was started, not what the run is
+RUN_MODE = ("resume", "overwrite", "resumed", "machine", "machines")  # how and where it ran, not what the run is
 RUN_FILES = ("ckpt.pt", "log.csv", "args.json")  # their presence means a folder holds a run
 STALE_ONCE_TRAINED = ("diverged.json", "eval_*.json", "eval_*.md", "dual_*.json", "dual_*.md")
 
@@ -238,7 +238,7 @@ class Run:
         """Claim the run folder, restore a checkpoint under --resume; returns the first epoch to train."""
         a = self.args
         self.model, self.optimizers, self.schedulers = model, optimizers, schedulers
-        self.saved_args = {**vars(a), **(extra_args or {})}
+        self.saved_args = {**vars(a), **(extra_args or {}), "machine": machine()}
         if self.is_main:
             self.claim_folder()
         start = 0
@@ -246,6 +246,9 @@ class Run:
             start = self.restore()
         elif a.resume:
             print(f"no checkpoint in {a.out}: starting a new run")
+        # every sitting's machine, not only this one's: a resumed run's epochs may come from several
+        self.saved_args["machines"] = self.saved_args.get("machines", []) + [
+            {"from_epoch": start + 1, **self.saved_args["machine"]}]
         if self.world > 1:  # DDP starts every process from rank 0's weights (each seeded its own init). Top-k routing
             # leaves experts without gradient in a step: find_unused_parameters marks them ready (DDP's own way)
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -296,6 +299,7 @@ class Run:
         changed = {k: [old.get(k), new[k]] for k in RESUMABLE if k in old and old[k] != new[k]}
         new["resumed"] = old.get("resumed", []) + ([{"after_epoch": ckpt["epoch"] + 1, "changed": changed}]
                                                    if changed else [])
+        new["machines"] = old.get("machines", [])  # start() adds this sitting's
         load_weights(self.model, ckpt["model"], self.ckpt_path)
         for k, o in self.optimizers.items():
             o.load_state_dict(ckpt["optimizer"][k])
