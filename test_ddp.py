@@ -1,6 +1,8 @@
 """DDP through torchrun (gloo on CPU): two processes train one digits epoch through DistributedDataParallel and end
-with identical weights, the weights of one process averaging the two half-batches' gradients by hand, and an
-evaluation sharded over both that covers every test point once and equals a one-process evaluation."""
+with identical weights, the weights of one process averaging the two half-batches' gradients by hand, an
+evaluation sharded over both that covers every test point once and equals a one-process evaluation, and every
+collective handed tensors on the run's device, as NCCL demands."""
+import json
 import os
 import subprocess
 import sys
@@ -13,29 +15,75 @@ import train_common as tc
 from moe import st_loss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ARGV = ["--epochs", "1", "--bs", "128", "--eval-n", "40", "--eval-steps", "2", "--no-channels-last"]
+# --device cpu: gloo even where a GPU is visible (the backend follows the run's device)
+ARGV = ["--epochs", "1", "--bs", "128", "--eval-n", "40", "--eval-steps", "2", "--no-channels-last", "--device", "cpu"]
 EACH_RANK = """
-import os, sys, torch, train_st, train_common as tc
-model = train_st.main(sys.argv[1:])
+import json, os, sys, torch, torch.distributed as dist, train_st, train_common as tc
 out, rank = sys.argv[sys.argv.index("--out") + 1], os.environ["RANK"]
-torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
-run = tc.Run(tc.parse_args(tc.base_parser("", "st"), sys.argv[1:]))  # joins the same process group
-points = run.evaluate_points(model, bs=16)  # 3 batches: rank 0 attacks two, rank 1 one
-torch.save(points, os.path.join(out, f"points{rank}.pt"))
+handed = []  # [name, device of each tensor handed over] per collective train_common calls (DDP's own are C++)
+
+def recorded(name, collective):
+    def call(*args, **kwargs):
+        given = [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, list) else [a])]
+        handed.append([name, [str(t.device) for t in given if isinstance(t, torch.Tensor)]])
+        return collective(*args, **kwargs)
+    return call
+
+for name in ("all_reduce", "reduce", "broadcast", "all_gather", "all_gather_into_tensor", "gather", "scatter",
+             "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "all_gather_object",
+             "broadcast_object_list", "gather_object", "scatter_object_list", "barrier"):
+    setattr(dist, name, recorded(name, getattr(dist, name)))
+
+def meta_by_default(method):
+    # beside a GPU run a tensor made without the run's device lands on the CPU, which NCCL refuses; here it lands
+    # on 'meta', which the record tells from the run's cpu
+    def call(*args, **kwargs):
+        with torch.device("meta"):
+            return method(*args, **kwargs)
+    return call
+
+tc.Run.end_epoch, tc.Run.evaluate_points = meta_by_default(tc.Run.end_epoch), meta_by_default(tc.Run.evaluate_points)
+try:
+    model = train_st.main(sys.argv[1:])
+    torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    run = tc.Run(tc.parse_args(tc.base_parser("", "st"), sys.argv[1:]))  # joins the same process group
+    points = run.evaluate_points(model, bs=16)  # 3 batches: rank 0 attacks two, rank 1 one
+    torch.save(points, os.path.join(out, f"points{rank}.pt"))
+finally:  # a crash after a refused tensor still leaves the record
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"collectives{rank}.json"), "w") as f:
+        json.dump(handed, f)
 """
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
+def launched(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ddp")
     script, out = tmp_path / "each_rank.py", tmp_path / "run"
     script.write_text(EACH_RANK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            str(script), *ARGV, "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": HERE, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    return out, subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two_processes(launched):
+    out, proc = launched
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def test_every_collective_is_handed_tensors_on_the_run_device(launched):
+    """NCCL refuses a tensor off its GPU ('No backend type associated with device type cpu'): every tensor handed to
+    a collective must be on the run's device (cpu here), not wherever a tensor made without a device lands."""
+    out, proc = launched
+    for rank in (0, 1):
+        handed = json.loads((out / f"collectives{rank}.json").read_text())
+        refused = [(name, devices) for name, devices in handed if any(d != "cpu" for d in devices)]
+        assert not refused, f"rank {rank}: collectives handed tensors off the run's cpu: {refused}"
+        names = {name for name, _ in handed}  # the record saw the epoch's end and the sharded evaluation
+        assert {"all_reduce", "all_gather_object", "barrier"} <= names, (handed, proc.stderr[-3000:])
 
 
 def test_ddp_ranks_stay_in_sync_and_write_one_run(two_processes):

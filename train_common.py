@@ -201,12 +201,16 @@ class Run:
 
     def __init__(self, args):
         self.args, self.rank, self.world = args, 0, 1
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # the device first: it picks the backend, and NCCL's object collectives use the GPU set_device chose
+        self.device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)) if torchrun else None)
+        if torchrun:
             if not dist.is_initialized():  # a second Run in the same process joins the same group
-                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+                # NCCL has no CPU side: every collective here takes tensors on self.device
+                cuda = self.device.type == "cuda"
+                dist.init_process_group("nccl" if cuda else "gloo", device_id=self.device if cuda else None)
                 atexit.register(dist.destroy_process_group)  # gloo's threads left running at exit abort the process
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)) if self.world > 1 else None)
         torch.manual_seed(args.seed + self.rank)
         self.info = data.dataset_info(args.dataset)
         self.train_set, self.test_set = data.load_dataset(args.dataset, args.data_dir, args.download)
@@ -356,8 +360,9 @@ class Run:
     def end_epoch(self, epoch: int) -> dict:
         """Evaluate when due, then write checkpoint (with the whole log inside) and log.csv; returns the log row."""
         a = self.args
-        sums = {k: torch.tensor([self.sums[k], self.counts[k]], dtype=torch.float64) for k in self.sums}
-        if self.world > 1:  # the epoch's mean losses over every process's batches
+        sums = {k: torch.tensor([self.sums[k], self.counts[k]], dtype=torch.float64, device=self.device)
+                for k in self.sums}
+        if self.world > 1:  # the epoch's mean losses over every process's batches, on the group's device
             for pair in sums.values():
                 dist.all_reduce(pair)
         lr_of = self.stepped or next(iter(self.optimizers.values()))
