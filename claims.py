@@ -1,11 +1,13 @@
 """A verdict for every claim of the papers that a preset can test: claims.md from the runs' per-point outcomes.
 
-Each claim says "A - B > t" (t: 0 unless the claim names a tolerance) for measures A and B: (run, target, alpha),
-target `clean` for SA, or a constant in percent; a claim of several comparisons holds only when each one does.
-Per seed, A and B are compared on the test points both were evaluated on (paired), and a bootstrap over seeds and
-points gives the 95 % interval of the difference: holds / contradicted / undecided (outcomes.py). The worst case of
-A and B runs over the same (attack:target) set: the ones both faced. Also attacks.md: PGD, AutoAttack and the
-adaptive attack compared point by point on each single MoE.
+Each claim says "C > t" for a contrast C of measures (run, target, alpha): A - B, or a trend's least-squares change
+over its levels (t: 0 unless the claim names a tolerance). Every seed of every run is scored on the same test
+points, so C is a seeds x points matrix; its mean's interval comes from the crossed random-effects model of
+outcomes.crossed_mean (seed and point effects, t quantile with Satterthwaite's df). A claim of k comparisons holds
+when each holds and is contradicted when one is, each at level 1 - 0.05 / k. Each row also gets a p value, and
+Holm's correction over the preset's rows says which decided verdicts survive at a 5 % family-wise rate. The worst
+case of the sides runs over the attack:targets all of them faced. Also attacks.md: PGD, AutoAttack and the adaptive
+attack compared point by point on each single MoE.
   python claims.py runs/digits [--out runs/digits/results] [--preset digits]
   python claims.py --side-by-side results/digits results/fashion_mnist     (README's verdict table)
 """
@@ -17,58 +19,71 @@ from collections import namedtuple
 
 import numpy as np
 
-from outcomes import CLEAN, EVAL_NAME, outcomes, paired_bootstrap, verdict, worst_case
+from outcomes import CLEAN, EVAL_NAME, crossed_mean, holm, interval, outcomes, p_value, verdict, worst_case
 from report_data import NUM_CLASSES, collapse_sa
 
 COLLAPSE = "collapse"  # a constant side: the SA at or below which a run counts as collapsed (report_data.collapse_sa)
 MARGIN = "margin"  # target of Table 5's claim: per-point margin of the robust MoE F_R, per class (eval.py fields below)
 MARGIN_POINTS, LABELS = "margin_rob_points", "labels"  # row[...]: per point p_y - max_k!=y p_k; ev[...]: true class
+ROUTE_SAME, SAME_ROUTE = "route_same_", "same_route"  # eval.py: share of points whose top-1 expert held; per point
 STABLE = -2.0  # "RA remains stable" (Figure 7) gives no tolerance; we read it as: at most 2 pp lower
+RATE = 0.05  # a row's false-verdict rate, and the family-wise rate of Holm's correction over a preset's rows
+OURS, READ = "tolerance ours", "our reading"  # marks of a claim whose threshold or wording the paper does not give
 # a claim: its text, where the paper says it, the attacks it is judged under ("worst": the worst case over the
-# attacks A and B both faced), its comparisons (A, B), and t in "A - B > t"
-Claim = namedtuple("Claim", "text source attacks parts threshold", defaults=(0.0,))
+# attacks all its sides faced), its comparisons (each a contrast: (weight, side) terms), t in "C > t", and a mark
+Claim = namedtuple("Claim", "text source attacks parts threshold mark", defaults=(0.0, None))
 RA3 = ("pgd", "aa", "worst")
 
 
-def chain(runs, target, falls=False):
-    """The comparisons saying target rises (falls) along runs, one per step."""
-    sides = [(run, target) for run in runs]
-    return tuple((b, a) if falls else (a, b) for a, b in zip(sides[1:], sides))
+def versus(a, b) -> tuple:
+    """The contrast A - B."""
+    return ((1.0, a), (-1.0, b))
+
+
+def trend(runs, levels, target, alphas=None, falls=False) -> tuple:
+    """The contrast 'least-squares slope of target over levels, times their range': the fitted change from the
+    first level to the last (negated when the claim says it falls); runs (or alphas of one run) give the levels."""
+    x = np.asarray(levels, float)
+    weights = (x - x.mean()) / ((x - x.mean()) ** 2).sum() * (x[-1] - x[0]) * (-1 if falls else 1)
+    sides = [(run, target) for run in runs] if alphas is None else [(runs, target, a) for a in alphas]
+    return tuple((float(w), side) for w, side in zip(weights, sides))
 
 
 JTDMOE = (("JTDMoE (Algorithm 1)", "jtdmoe_a0.7"), ("JTDMoE (public code's form)", "jtdmoe_pub_a0.7"))
 FIG7 = ("0.5", "0.6", "0.8")
+DUAL_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # every alpha run_all.sh evaluates the pre-trained dual model at
+BETAS, EXPERTS = (("rter_b1", "rter_b3", "rter_b6"), (1, 3, 6)), (("rter_e3", "rter", "rter_e5"), (3, 4, 5))
 CLAIMS = [
     Claim("Experts are more vulnerable than the router (ST MoE: RA-R > RA-E)", "Section 4.1, Table 1",
-          ("pgd", "aa"), ((("st", "router"), ("st", "experts")),)),
+          ("pgd", "aa"), (versus(("st", "router"), ("st", "experts")),)),
     Claim("Expert attacks leave at least 98 % of points routed to the same expert (ST MoE)", "Section 3",
-          ("pgd", "aa"), ((("st", "route_same_experts"), 98.0),)),
-    Claim("RT-ER beats AT in RA", "Section 6.2, Tables 2-3", RA3, ((("rter", "whole"), ("at", "whole")),)),
-    Claim("RT-ER beats AT in RA-E", "Section 6.2, Table 3", ("pgd", "aa"), ((("rter", "experts"), ("at", "experts")),)),
+          ("pgd", "aa"), (versus(("st", "route_same_experts"), 98.0),), mark=READ),
+    Claim("RT-ER beats AT in RA", "Section 6.2, Tables 2-3", RA3, (versus(("rter", "whole"), ("at", "whole")),)),
+    Claim("RT-ER beats AT in RA-E", "Section 6.2, Table 3", ("pgd", "aa"),
+          (versus(("rter", "experts"), ("at", "experts")),)),
     Claim("RT-ER costs less than 1.3 pp of SA against AT", "Section 6.2", ("pgd",),
-          ((("rter", CLEAN), ("at", CLEAN)),), -1.3),
+          (versus(("rter", CLEAN), ("at", CLEAN)),), -1.3),
     Claim("RT-ER beats ST and AT under the smooth attack", "Appendix A.3, Table 6", ("smooth",),
-          ((("rter", "whole"), ("st", "whole")), (("rter", "whole"), ("at", "whole")))),
-    Claim("Top-2 routing: RT-ER beats AT in RA", "Table 2", RA3, ((("rter_top2", "whole"), ("at_top2", "whole")),)),
-    Claim("RT-ER beats TRADES in RA", "Appendix A.3, Table 7", RA3, ((("rter", "whole"), ("trades", "whole")),)),
-    Claim("RT-ER beats AdvMoE in RA", "Appendix A.3, Table 7", RA3, ((("rter", "whole"), ("advmoe", "whole")),)),
+          (versus(("rter", "whole"), ("st", "whole")), versus(("rter", "whole"), ("at", "whole")))),
+    Claim("Top-2 routing: RT-ER beats AT in RA", "Table 2", RA3,
+          (versus(("rter_top2", "whole"), ("at_top2", "whole")),)),
+    Claim("RT-ER beats TRADES in RA", "Appendix A.3, Table 7", RA3, (versus(("rter", "whole"), ("trades", "whole")),)),
+    Claim("RT-ER beats AdvMoE in RA", "Appendix A.3, Table 7", RA3, (versus(("rter", "whole"), ("advmoe", "whole")),)),
     Claim("SA rises with the number of experts (E = 3 -> 4 -> 5)", "Appendix A.3, Table 8", ("pgd",),
-          chain(("rter_e3", "rter", "rter_e5"), CLEAN)),
+          (trend(*EXPERTS, CLEAN),)),
     Claim("RA rises with the number of experts (E = 3 -> 4 -> 5)", "Appendix A.3, Table 8 (caption)", ("pgd",),
-          chain(("rter_e3", "rter", "rter_e5"), "whole")),
-    Claim("beta 1 -> 3 -> 6 lowers SA", "Appendix A.3, Table 9", ("pgd",),
-          chain(("rter_b1", "rter_b3", "rter_b6"), CLEAN, falls=True)),
-    *[Claim(f"beta 1 -> 3 -> 6 raises {name}", "Appendix A.3, Table 9", ("pgd",),
-            chain(("rter_b1", "rter_b3", "rter_b6"), target)) for name, target in
-      (("RA", "whole"), ("RA-E", "experts"), ("RA-R", "router"))],
+          (trend(*EXPERTS, "whole"),), mark=READ),
+    Claim("beta 1 -> 3 -> 6 lowers SA", "Appendix A.3, Table 9", ("pgd",), (trend(*BETAS, CLEAN, falls=True),)),
+    *[Claim(f"beta 1 -> 3 -> 6 raises {name}", "Appendix A.3, Table 9", ("pgd",), (trend(*BETAS, target),))
+      for name, target in (("RA", "whole"), ("RA-E", "experts"), ("RA-R", "router"))],
     Claim("RT-ER with beta 9 collapses (SA at most twice chance)", "Appendix A.3, Table 9", ("pgd",),
-          ((COLLAPSE, ("rter_b9", CLEAN)),)),
-    Claim("Dual model: SA falls as alpha rises (0.7 -> 0.9)", "Section 6.3, Table 3", ("pgd",),
-          ((("dual_pretrained", CLEAN, 0.7), ("dual_pretrained", CLEAN, 0.9)),)),
-    Claim("Dual model: RA rises as alpha rises (0.7 -> 0.9)", "Section 6.3, Table 3", RA3,
-          ((("dual_pretrained", "dual", 0.9), ("dual_pretrained", "dual", 0.7)),)),
+          (versus(COLLAPSE, ("rter_b9", CLEAN)),), mark=OURS),
+    Claim(f"Dual model: SA falls as alpha rises ({DUAL_ALPHAS[0]:g} -> {DUAL_ALPHAS[-1]:g})", "Section 6.3, Table 3",
+          ("pgd",), (trend("dual_pretrained", DUAL_ALPHAS, CLEAN, DUAL_ALPHAS, falls=True),)),
+    Claim(f"Dual model: RA rises as alpha rises ({DUAL_ALPHAS[0]:g} -> {DUAL_ALPHAS[-1]:g})", "Section 6.3, Table 3",
+          RA3, (trend("dual_pretrained", DUAL_ALPHAS, "dual", DUAL_ALPHAS),)),
     *[Claim(f"{name} beats the pre-trained dual model in {measure} (alpha 0.7)", source, attacks,
-            (((run, target, 0.7), ("dual_pretrained", target, 0.7)),))
+            (versus((run, target, 0.7), ("dual_pretrained", target, 0.7)),))
       for name, run in JTDMOE for measure, target, attacks, source in (
           ("SA", CLEAN, ("pgd",), "Section 6.4, Table 3"), ("RA", "dual", RA3, "Section 6.4, Tables 3-4"),
           ("RA-RMoE", "rmoe", ("pgd", "aa"), "Section 6.4, Tables 3-4"),
@@ -76,13 +91,14 @@ CLAIMS = [
     Claim("JTDMoE improves the robust MoE's margin for every class (alpha 0.7)", "Section 6.4, Table 5", ("pgd",),
           MARGIN),
     Claim(f"JTDMoE improves SA over the pre-trained dual model at alpha {' / '.join(FIG7)}", "Appendix A.5, Figure 7",
-          ("pgd",), tuple(((f"jtdmoe_a{a}", CLEAN, float(a)), ("dual_pretrained", CLEAN, float(a))) for a in FIG7)),
+          ("pgd",), tuple(versus((f"jtdmoe_a{a}", CLEAN, float(a)), ("dual_pretrained", CLEAN, float(a)))
+                          for a in FIG7)),
     Claim(f"JTDMoE keeps RA (at most {-STABLE:g} pp lower) at alpha {' / '.join(FIG7)}", "Appendix A.5, Figure 7",
-          ("pgd",), tuple(((f"jtdmoe_a{a}", "dual", float(a)), ("dual_pretrained", "dual", float(a))) for a in FIG7),
-          STABLE),
+          ("pgd",), tuple(versus((f"jtdmoe_a{a}", "dual", float(a)), ("dual_pretrained", "dual", float(a)))
+                          for a in FIG7), STABLE, OURS),
     # the AdvMoE appendix (MoE-CNN, 10-step PGD training, r = 0.5)
     *[Claim(f"AdvMoE beats AT ({b}) in RA", "AdvMoE appendix, Table A1", RA3,
-            ((("a1_advmoe", "whole"), (f"a1_{run}", "whole")),)) for b, run in
+            (versus(("a1_advmoe", "whole"), (f"a1_{run}", "whole")),)) for b, run in
       (("MoE", "moe"), ("S-Dense", "sdense"), ("Sparse", "sparse"))],
 ]
 
@@ -106,17 +122,24 @@ def attack_name(ev: dict) -> str:
 
 
 def measure(record: dict, attack: str, target: str, alpha: float = None, only=None) -> tuple:
-    """({test index: outcome}, names of the attacks behind it) of one run folder: survived (0/1), a margin, or a
-    routing share; attack 'worst': every attack:target in `only` (default: all that ran on it)."""
+    """({test index: outcome}, names of the attacks behind it) of one run folder: survived (0/1), a margin, or
+    whether the top-1 expert stayed the same; attack 'worst': every attack:target in `only` (default: all that ran)."""
     evals = record.get("evals", {})
     if attack == "worst":
         covered, points = worst_case(list(evals.values()), alpha, only) if target != CLEAN else ([], {})
         return points, [f"worst of {', '.join(covered)}"] if points else []
     ev = evals.get(EVAL_NAME.format(attack)) or {}
-    if target.startswith("route_same"):  # eval.py keeps the share only; as 0/1 points it bootstraps the same
+    if target.startswith(ROUTE_SAME):
+        routed = target.removeprefix(ROUTE_SAME)
+        if routed in ev.get(SAME_ROUTE, {}):  # eval.py's per-point record
+            points = outcomes({"index": ev["index"], "correct": ev[SAME_ROUTE]}).get(routed, {})
+            return points, [f"{attack_name(ev)}:{routed} (routing)"]
+        # older evaluations kept only the share: as 0/1 points it has the mean, and the point part of the variance
+        # of points all seeds share, which overstates Var(mean) (never understates it)
         n, share = ev.get("n"), ev.get(target)
         k = round(share * n / 100) if isinstance(share, (int, float)) and isinstance(n, int) else None
-        return ({i: i < k for i in range(n)}, [f"{attack_name(ev)}:experts (routing)"]) if k is not None else ({}, [])
+        return ({i: i < k for i in range(n)}, [f"{attack_name(ev)}:{routed} (routing, share only)"]) \
+            if k is not None else ({}, [])
     if target.startswith(MARGIN):
         row = next((r for r in ev.get("rows", []) if abs(r.get("alpha", -1) - alpha) < 1e-6), {})
         points, labels, c = row.get(MARGIN_POINTS), ev.get(LABELS), int(target.split(":")[1])
@@ -129,48 +152,70 @@ def measure(record: dict, attack: str, target: str, alpha: float = None, only=No
         if points else []
 
 
-def judge(runs: dict, attack: str, a, b, threshold: float = 0.0, classes: int = 10) -> dict:
-    """A - B in percentage points, its 95 % interval, verdict of A - B > threshold, the attacks behind it, and how
-    many seeds and points it rests on."""
-    sides = [collapse_sa(classes) if s == COLLAPSE else s for s in (a, b)]
-    found = [None if isinstance(s, float) else seeds_of(runs, s[0]) for s in sides]
+def is_margin(part) -> bool:
+    return any(isinstance(side, tuple) and side[1].startswith(MARGIN) for _, side in part)
+
+
+def judge(runs: dict, attack: str, part, threshold: float = 0.0, classes: int = 10, level: float = 1 - RATE) -> dict:
+    """The contrast part (((weight, side), ...): sides (run, target[, alpha]), percents or COLLAPSE) as the mean of
+    its seeds x shared points matrix, in pp (margins: in probability), its interval of the given level, the verdict
+    of 'contrast > threshold', its p value, the attacks behind it, and how many seeds and points per seed."""
+    terms = [(w, collapse_sa(classes) if s == COLLAPSE else s) for w, s in part]
+    scale = 1.0 if is_margin(part) else 100.0
+    found = [None if isinstance(s, float) else seeds_of(runs, s[0]) for _, s in terms]
     seeds = sorted(set.intersection(*[set(f) for f in found if f is not None]))
-    pairs, names = [], set()
+    per_seed, names = [], set()
     for seed in seeds:
-        only = None  # the worst case of each side over the attack:targets both faced
+        only = None  # the worst case of each side over the attack:targets all sides faced
         if attack == "worst":
-            faced = [set(worst_case(list(f[seed].get("evals", {}).values()), s[2] if len(s) > 2 else None)[0])
-                     for s, f in zip(sides, found) if f is not None]
-            only = set.intersection(*faced)
-        got = [measure(f[seed], attack, *s[1:], only=only) if f is not None else None for s, f in zip(sides, found)]
-        shared = sorted(set.intersection(*[set(g[0]) for g in got if g is not None]))
-        names.update(n for g in got if g is not None and shared for n in g[1])
-        pairs.append([[float(g[0][i]) for i in shared] if g is not None else [s / 100.0] * len(shared)
-                      for s, g in zip(sides, got)])
-    estimate, (low, high) = paired_bootstrap(pairs)
-    return {"difference": estimate, "ci95": (low, high), "verdict": verdict((low - threshold, high - threshold)),
-            "attacks": sorted(names), "seeds": len([p for p in pairs if len(p[0])]),
-            "points": sum(len(p[0]) for p in pairs)}
+            only = set.intersection(*[set(worst_case(list(f[seed].get("evals", {}).values()),
+                                                     s[2] if len(s) > 2 else None)[0])
+                                      for (_, s), f in zip(terms, found) if f is not None])
+        got = [measure(f[seed], attack, *s[1:], only=only) if f is not None else None
+               for (_, s), f in zip(terms, found)]
+        if all(g[0] for g in got if g is not None):
+            per_seed.append(got)
+    shared = sorted(set.intersection(*[set(g[0]) for got in per_seed for g in got if g is not None])) \
+        if per_seed else []
+    if not shared:
+        return {"difference": float("nan"), "ci95": (float("nan"),) * 2, "verdict": "n/a", "p": float("nan"),
+                "attacks": [], "seeds": 0, "points": 0, "level": level}
+    for got in per_seed:
+        names.update(n for g in got if g is not None for n in g[1])
+    matrix = [sum(w * (np.array([float(g[0][i]) for i in shared]) if g is not None else s / 100.0)
+                  for (w, s), g in zip(terms, got)) for got in per_seed]
+    mean, se, df = crossed_mean(scale * np.array(matrix))
+    low, high = interval(mean, se, df, level)
+    return {"difference": mean, "ci95": (low, high), "verdict": verdict((low - threshold, high - threshold)),
+            "p": p_value(mean - threshold, se, df), "attacks": sorted(names), "seeds": len(per_seed),
+            "points": len(shared), "level": level}
 
 
 def parts_of(claim: Claim, classes: int) -> tuple:
     """The comparisons of a claim; Table 5's: one per class, JTDMoE's margin against the pre-trained one."""
     if claim.parts != MARGIN:
         return claim.parts
-    return tuple(((run, f"{MARGIN}:{c}", 0.7), ("dual_pretrained", f"{MARGIN}:{c}", 0.7))
-                 for run in ("jtdmoe_a0.7",) for c in range(classes))
+    return tuple(versus(("jtdmoe_a0.7", f"{MARGIN}:{c}", 0.7), ("dual_pretrained", f"{MARGIN}:{c}", 0.7))
+                 for c in range(classes))
 
 
-def combine(judged: list) -> tuple:
-    """(verdict, weakest comparison) of a claim that holds only when each comparison does."""
-    verdicts = [j["verdict"] for j in judged]
+def combine(judged: list, threshold: float = 0.0) -> tuple:
+    """(verdict, shown comparison, p) of a claim that holds only when each of its k comparisons does (each judged
+    at level 1 - RATE / k, so the claim's false-verdict rate stays at RATE): p, the claim's Bonferroni p value."""
     have = [j for j in judged if j["verdict"] != "n/a"]
-    weakest = min(have, key=lambda j: j["ci95"][0], default=judged[0])
-    if not have:
-        return "n/a", weakest
-    if "contradicted" in verdicts:
-        return "contradicted", min((j for j in have if j["verdict"] == "contradicted"), key=lambda j: j["ci95"][1])
-    return ("holds" if all(v == "holds" for v in verdicts) else "undecided"), weakest
+    if len(have) < len(judged):
+        return "n/a", (have or judged)[0], float("nan")
+    k = len(judged)
+    below = [j for j in judged if j["difference"] < threshold]
+    if below:  # contradicted by its most clearly contradicted comparison
+        shown = min(below, key=lambda j: j["p"])
+        p = min(1.0, k * shown["p"])
+    else:  # holds only as far as its weakest comparison does
+        shown = max(judged, key=lambda j: j["p"])
+        p = min(1.0, k * shown["p"])
+    verdicts = [j["verdict"] for j in judged]
+    result = "contradicted" if "contradicted" in verdicts else "holds" if set(verdicts) == {"holds"} else "undecided"
+    return result, shown, p
 
 
 def describe(side, classes: int = 10) -> str:
@@ -185,31 +230,56 @@ def describe(side, classes: int = 10) -> str:
     return f"{name} of `{run}`" + (f" at alpha {side[2]}" if len(side) > 2 else "")
 
 
+def describe_part(part, classes: int = 10) -> tuple:
+    """(A, B) columns of a contrast: its two sides, or a trend and 0."""
+    if len(part) == 2 and part[0][0] == 1.0 and part[1][0] == -1.0:
+        return describe(part[0][1], classes), describe(part[1][1], classes)
+    first = part[0][1]
+    levels = " / ".join(f"`{s[0]}`" if len(s) < 3 else f"{s[2]:g}" for _, s in part)
+    over = levels if len(first) < 3 else f"alpha {levels} of `{first[0]}`"
+    name = describe(first, classes).split(" of ")[0]
+    return f"{'fall' if part[0][0] > 0 else 'rise'} of {name} over {over} (least squares, first to last level)", "0"
+
+
+def unit(part) -> str:
+    return "prob." if is_margin(part) else "pp"
+
+
 def claims_table(runs: dict, classes: int = 10) -> tuple:
-    """(markdown rows, claims without data, records) of every claim under each of its attacks."""
-    rows, missing, records = [], [], []
+    """(markdown rows, claims without data, records) of every claim under each of its attacks; each row's last
+    cell says whether it survives Holm's correction over the rows."""
+    rows, missing, records, p_values = [], [], [], []
     for claim in CLAIMS:
         parts, missing_before = parts_of(claim, classes), len(missing)
         for attack in claim.attacks:
-            judged = [judge(runs, attack, a, b, claim.threshold, classes) for a, b in parts]
-            result, weakest = combine(judged)
+            level = 1 - RATE / len(parts)
+            judged = [judge(runs, attack, part, claim.threshold, classes, level) for part in parts]
+            result, shown, p = combine(judged, claim.threshold)
             records.append({"claim": claim.text, "source": claim.source, "attack": attack, "verdict": result,
-                            "parts": [{"a": describe(a, classes), "b": describe(b, classes), **j}
-                                      for (a, b), j in zip(parts, judged)]})
+                            "p": p, "parts": [dict(zip("ab", describe_part(part, classes)), **j)
+                                              for part, j in zip(parts, judged)]})
             if result == "n/a":
                 missing.append(attack)
                 continue
-            a, b = parts[judged.index(weakest)]
-            low, high = weakest["ci95"]
-            rows.append([claim.text, claim.source, "; ".join(weakest["attacks"]), describe(a, classes),
-                         describe(b, classes), f"{claim.threshold:+g}",
-                         f"{weakest['difference']:+.2f}" + (f" (weakest of {len(parts)})" if len(parts) > 1 else ""),
-                         f"[{low:+.2f}, {high:+.2f}]", f"{weakest['seeds']} x {weakest['points']}", f"**{result}**"])
+            a, b = describe_part(parts[judged.index(shown)], classes)
+            low, high = shown["ci95"]
+            decimals = 4 if unit(parts[0]) == "prob." else 2
+            rows.append([claim.text + (f" ({claim.mark})" if claim.mark else ""), claim.source,
+                         "; ".join(shown["attacks"]), a, b, f"{claim.threshold:+g}",
+                         f"{shown['difference']:+.{decimals}f} {unit(parts[0])}"
+                         + (f" (shown: 1 of {len(parts)})" if len(parts) > 1 else ""),
+                         f"[{low:+.{decimals}f}, {high:+.{decimals}f}]" + (f" at {100 * level:.4g} %"
+                                                                            if len(parts) > 1 else ""),
+                         f"{p:.2g}", f"{shown['seeds']} x {shown['points']}", f"**{result}**"])
+            p_values.append(p)
         if len(missing) > missing_before:  # said once per claim: the attacks it lacks, and what it needs
-            needed = ", ".join(f"`{r}`" for r in sorted({s[0] for ab in parts for s in ab if isinstance(s, tuple)}))
+            needed = ", ".join(f"`{r}`" for r in sorted({s[0] for part in parts for _, s in part
+                                                         if isinstance(s, tuple)}))
             missing[missing_before:] = [f"{claim.text} ({', '.join(missing[missing_before:])}): needs {needed}"
                                         + (f" with eval.py's `{MARGIN_POINTS}` and `{LABELS}`" if claim.parts == MARGIN
                                            else " evaluated")]
+    for row, survives in zip(rows, holm(p_values, RATE)):
+        row.append("yes" if survives else "no" if row[-1] != "**undecided**" else "-")
     return rows, missing, records
 
 
@@ -218,21 +288,26 @@ def verdicts(rows: list) -> dict:
     return {row[0]: row for row in rows}
 
 
+def judged_under(row) -> str:
+    attacks = row[2]
+    if attacks.startswith("worst of"):
+        return f"worst case of {attacks.count(',') + 1} attack:targets"
+    return "; ".join(dict.fromkeys(a.split(":")[0].split(" (PGD")[0] for a in attacks.split("; ")))
+
+
 def side_by_side(presets: dict) -> str:
-    """A markdown table of every claim's verdict on each preset ({name: verdicts(...)}), one row per claim."""
+    """A markdown table of every claim's verdict on each preset ({name: verdicts(...)}), one row per claim: verdict,
+    estimate, interval, the attack set and seeds x points per seed, and whether it survives Holm's correction."""
     from cli import markdown_table
     rows = []
-    for claim in dict.fromkeys(c.text for c in CLAIMS):
+    for claim in dict.fromkeys(row for found in presets.values() for row in found):
         got = [found[claim] for found in presets.values() if claim in found]
-        if not got:
-            continue
-        attacks = got[0][2]
-        under = f"worst case of {attacks.count(',') + 1} attack:targets" if attacks.startswith("worst of") else \
-            "; ".join(dict.fromkeys(a.split(":")[0].split(" (PGD")[0] for a in attacks.split("; ")))
-        cells = [f"{row[9]} {row[6].split(' (')[0]} {row[7]} ({row[8]})" if row else "not run"
-                 for row in (found.get(claim) for found in presets.values())]
-        rows.append([claim, got[0][1], under, *cells])
-    return markdown_table(["claim", "source in the paper", "judged under", *presets], rows)
+        cells = [f"{row[10]} {row[6].split(' (')[0]} {row[7]}; {judged_under(row)}; {row[9]} per seed"
+                 + {"yes": "; survives Holm", "no": "; not after Holm"}.get(row[11], "")
+                 if row else "not run" for row in (found.get(claim) for found in presets.values())]
+        rows.append([claim, got[0][1], *cells])
+    marks = f"({READ}): the paper's words, made testable by us; ({OURS}): a threshold the paper does not give."
+    return markdown_table(["claim", "source in the paper", *presets], rows) + "\n" + marks + "\n"
 
 
 def mean_std(values) -> str:
@@ -278,17 +353,24 @@ def write(runs: dict, out: str, classes: int = 10) -> list:
     from checkpoint import atomic_write
     from cli import markdown_table
     rows, missing, _ = claims_table(runs, classes)
-    notes = ["A claim of several comparisons holds only when each does; its row shows the weakest one.",
-             f"Collapsed: SA at most twice chance ({collapse_sa(classes):g} %), the same line Table 9 draws."]
-    if rows:
-        notes.append(f"{len(rows)} rows have a verdict, each on a 95 % interval: were every true difference exactly "
-                     f"at its threshold, about {0.05 * len(rows):.1f} of them would still read holds or contradicted "
-                     "by chance (rows of one claim share their runs, so they err together, not independently).")
+    notes = ["C: A - B, or for a trend (E, beta, alpha) the least-squares slope through every level times the levels' "
+             "range, one test over all levels. Interval: the seeds x points matrix of C under a crossed random-effects "
+             "model (seed and test-point effects; t quantile, Satterthwaite's df; DETAILS.md, Verdicts).",
+             f"A claim of k comparisons holds when each does and is contradicted when one is, each judged at level "
+             f"1 - {RATE:g} / k; its row shows the comparison that decides it (the weakest, or the contradicting one).",
+             f"p: the row's two-sided p value against its threshold (Bonferroni over its k comparisons). Holm: whether "
+             f"a decided verdict survives Holm's correction over this page's {len(rows)} rows at a family-wise error "
+             f"rate of {RATE:.0%}; a decided row marked no may be one of the rows decided by chance.",
+             f"Collapsed: SA at most twice chance ({collapse_sa(classes):g} %), the same line Table 9 draws.",
+             f"({READ}): the paper's words, made testable by us; ({OURS}): a threshold the paper does not give.",
+             "Margins (Table 5) are differences of p_y - max_k!=y p_k in probability, not percentage points."]
+    if any(row[9].startswith("1 x") for row in rows):
+        notes.append("A row on 1 seed has an interval for that training run only: the seeds' spread is unknown.")
     notes += [f"No data yet: {m}." for m in missing]
     atomic_write(os.path.join(out, "claims.md"), (markdown_table(
-        ["claim", "source in the paper", "attacks (attack:target)", "A", "B", "holds if A - B >", "A - B (pp)",
-         "95 % CI", "seeds x points", "verdict"], rows) if rows else "No claim has data on this preset.\n")
-        + "".join(f"\n- {n}" for n in notes) + "\n")
+        ["claim", "source in the paper", "attacks (attack:target)", "A", "B", "holds if C >", "C = A - B",
+         "95 % CI", "p", "seeds x points per seed", "verdict", "Holm"], rows) if rows
+        else "No claim has data on this preset.\n") + "".join(f"\n- {n}" for n in notes) + "\n")
     names, attack_rows = attack_table(runs)
     atomic_write(os.path.join(out, "attacks.md"), markdown_table(
         ["run", f"{names['pgd']} RA (all)", f"{names['pgd']} RA (AA points)", f"{names['aa']} RA",
@@ -300,7 +382,7 @@ def write(runs: dict, out: str, classes: int = 10) -> list:
 def compact(runs: dict) -> dict:
     """A copy of the runs whose per-point outcomes are strings of 0/1 (results.json stays small)."""
     def squeeze(value, key=None):
-        if key == "correct" and isinstance(value, dict):
+        if key in ("correct", SAME_ROUTE) and isinstance(value, dict):
             return {t: "".join(str(int(b)) for b in bits) for t, bits in value.items()}
         if isinstance(value, dict):
             return {k: squeeze(v, k) for k, v in value.items()}
@@ -320,6 +402,9 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="results folder (default <runs>/results)")
     p.add_argument("--preset", default=None, help="its preset (default: the runs folder's name, e.g. digits-quick)")
     args = p.parse_args(argv)
+    missing = [folder for folder in args.side_by_side or () if not os.path.isfile(os.path.join(folder, "results.json"))]
+    if missing:
+        p.error(f"--side-by-side: no results.json (report.py writes it) in {', '.join(missing)}")
     if args.side_by_side:
         presets = {}
         for folder in args.side_by_side:
@@ -330,6 +415,8 @@ def main(argv=None):
         return
     if not args.runs:
         p.error("give a runs folder, or --side-by-side RESULTS...")
+    if not os.path.isdir(args.runs):
+        p.error(f"{args.runs}: no such runs folder")
     out = args.out or os.path.join(args.runs, "results")
     preset = args.preset or os.path.basename(os.path.normpath(args.runs)).removesuffix("-quick")
     os.makedirs(out, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Per-point outcomes of attacks: which test points survive, the worst case over attacks, and paired bootstrap CIs.
+"""Per-point outcomes of attacks: which test points survive, the worst case over attacks, and the intervals of
+differences measured on several seeds x the same test points.
 
 eval.py stores, in every eval_<attack>.json, the test indices it used ("index") and per target whether the full
 model was still right at the attacked point ("correct": {"clean": [...], "whole": [...], ...}; dual models keep one
@@ -7,6 +8,7 @@ model was still right at the attacked point ("correct": {"clean": [...], "whole"
   RA (worst) = share of the points every attack shares on which the model survives every attack that ran on it.
 """
 import numpy as np
+from scipy import stats
 
 CLEAN = "clean"
 EVAL_NAME = "eval_{}"  # eval.py's file of one attack, RUN/eval_<attack>.json: the one place it is named
@@ -48,25 +50,61 @@ def accuracy(points: dict) -> float:
     return 100.0 * sum(points.values()) / len(points) if points else float("nan")
 
 
-def paired_bootstrap(pairs: list, resamples: int = 2000, seed: int = 0) -> tuple:
-    """Mean difference (pp) of A - B and its 95 % percentile interval; pairs: per seed, (a bits, b bits) on the
-    same test points. Resamples seeds (when there are several) and, within each, test points, with replacement."""
-    pairs = [(np.asarray(a, float), np.asarray(b, float)) for a, b in pairs if len(a)]
-    if not pairs:
-        return float("nan"), (float("nan"), float("nan"))
-    diffs = [a - b for a, b in pairs]
-    estimate = 100.0 * np.concatenate(diffs).mean()
-    rng = np.random.default_rng(seed)
-    stats = np.empty(resamples)
-    for r in range(resamples):
-        chosen = rng.integers(len(diffs), size=len(diffs)) if len(diffs) > 1 else [0]
-        stats[r] = np.concatenate([diffs[s][rng.integers(len(diffs[s]), size=len(diffs[s]))] for s in chosen]).mean()
-    low, high = np.percentile(100.0 * stats, [2.5, 97.5])
-    return float(estimate), (float(low), float(high))
+def crossed_mean(d) -> tuple:
+    """(mean, standard error, degrees of freedom) of a seeds x points matrix d under the crossed random-effects model
+    d[s, i] = mu + seed_s + point_i + e_si: Var(mean) = (MS_seed + MS_point - MS_resid) / (S N), Satterthwaite's df."""
+    d = np.asarray(d, float)
+    seeds, points = d.shape
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, float("nan"), float("nan")
+    row, col = d.mean(1), d.mean(0)
+    terms = []  # (signed mean square, its degrees of freedom)
+    if points > 1:
+        terms.append((seeds * ((col - mean) ** 2).sum() / (points - 1), points - 1))
+    if seeds > 1:
+        terms.append((points * ((row - mean) ** 2).sum() / (seeds - 1), seeds - 1))
+    if seeds > 1 and points > 1:
+        resid = d - row[:, None] - col[None, :] + mean
+        terms.append((-(resid ** 2).sum() / ((seeds - 1) * (points - 1)), (seeds - 1) * (points - 1)))
+    total = sum(ms for ms, _ in terms)
+    largest = max(terms[:2])
+    if total < largest[0]:  # each main effect's mean square alone estimates less than Var(mean) x S N: never go below
+        terms, total = [largest], largest[0]
+    df = total ** 2 / sum(ms ** 2 / f for ms, f in terms) if total > 0 else float("inf")
+    return mean, float(np.sqrt(total / d.size)), float(df)
+
+
+def interval(mean: float, se: float, df: float, level: float = 0.95) -> tuple:
+    """Two-sided t interval of the given level around mean."""
+    if not np.isfinite(se):
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se if se > 0 else 0.0
+    return mean - half, mean + half
+
+
+def p_value(distance: float, se: float, df: float) -> float:
+    """Two-sided p of 'the true value equals mean - distance' (distance: estimate minus the claim's threshold)."""
+    if not np.isfinite(se):
+        return float("nan")
+    if se == 0:
+        return 0.0 if distance else 1.0
+    return float(2 * stats.t.sf(abs(distance) / se, df))
+
+
+def holm(p_values: list, rate: float = 0.05) -> list:
+    """Which of the p values Holm's step-down procedure rejects at family-wise error rate `rate`."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for rank, i in enumerate(order):
+        if not p_values[i] < rate / (len(p_values) - rank):
+            break
+        rejected[i] = True
+    return rejected
 
 
 def verdict(interval: tuple) -> str:
-    """holds when the whole 95 % interval is above zero, contradicted when below, else undecided."""
+    """holds when the whole interval is above zero, contradicted when below, else undecided."""
     low, high = interval
     if not np.isfinite(low):
         return "n/a"

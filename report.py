@@ -13,7 +13,7 @@ import re
 from collections import namedtuple
 
 import claims
-from cli import markdown_table
+from cli import ArgumentParser, markdown_table
 from figures import figures
 from paper import PAPER
 from outcomes import EVAL_NAME, accuracy, worst_case
@@ -325,16 +325,17 @@ def results_page(preset, command, seeds, claim_rows, texts, figure_names) -> str
         f"Made by `{command}` ({seeds} seed{'s' * (seeds > 1)}); report.py writes this page with the tables and "
         "figures beside it. Definitions: the main README's Conventions.", "",
         "## Verdicts", "",
-        "Each claim under the strongest attack set it was judged with: verdict, A - B in pp, its 95 % interval, "
-        "seeds x points. Every claim under each of its attacks: [claims.md](claims.md); the attacks compared point by "
-        "point: [attacks.md](attacks.md).", "",
+        "Each claim under the strongest attack set it was judged with: verdict, the contrast C in pp (A - B, or a "
+        "trend's least-squares change), its 95 % interval, the attack set, seeds x points per seed, and whether a "
+        "decided verdict survives Holm's correction. Every claim under each of its attacks, with the model behind "
+        "the intervals: [claims.md](claims.md); the attacks compared point by point: [attacks.md](attacks.md).", "",
         claims.side_by_side({preset: claims.verdicts(claim_rows)}) if claim_rows else "No claim has data yet.\n",
         "## Tables", "", *tables,
         "## Figures", "", *[f"![{name}]({name}.png)\n" for name in sorted(figure_names)]])
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("preset", choices=list(NUM_CLASSES))
     ap.add_argument("--runs", help="runs folder (default runs/<preset>, with --quick runs/<preset>-quick)")
     ap.add_argument("--out", help="results folder (default RUNS/results; the committed results/ stays as it is)")
@@ -342,6 +343,8 @@ def main(argv=None):
     ap.add_argument("--command", help="the command that produced the runs (for the titles)")
     args = ap.parse_args(argv)
     runs_dir = args.runs or os.path.join("runs", args.preset + ("-quick" if args.quick else ""))
+    if not os.path.isdir(runs_dir):  # n/a tables from a mistyped folder would read like runs that failed
+        ap.error(f"{runs_dir}: no such runs folder (bash run_all.sh {args.preset} makes it)")
     out = args.out or os.path.join(runs_dir, "results")
     command = args.command or f"bash run_all.sh {args.preset}" + (" --quick" if args.quick else "")
     os.makedirs(out, exist_ok=True)

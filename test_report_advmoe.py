@@ -96,6 +96,7 @@ def test_digits_tables_hold_seed_means_gmacs_reductions_and_say_what_is_missing(
 
 def test_paper_presets_show_the_appendix_numbers_and_cifar100_says_it_has_none(tmp_path):
     for preset in ("cifar10", "cifar100"):
+        (tmp_path / "none").mkdir(exist_ok=True)
         report.main([preset, "--runs", str(tmp_path / "none"), "--out", str(tmp_path / preset)])
     a1, a2 = ((tmp_path / "cifar10" / f"table{t}.md").read_text() for t in ("A1", "A2"))
     assert "## ResNet-18\n" in a1 and "## WRN-28-10\n" in a1
