@@ -20,7 +20,7 @@ from collections import namedtuple
 import numpy as np
 
 from outcomes import CLEAN, EVAL_NAME, crossed_mean, holm, interval, outcomes, p_value, verdict, worst_case
-from report_data import NUM_CLASSES, collapse_sa
+from report_data import NUM_CLASSES, collapse_sa, load_runs  # load_runs: the runs as the tables read them
 
 COLLAPSE = "collapse"  # a constant side: the SA at or below which a run counts as collapsed (report_data.collapse_sa)
 MARGIN = "margin"  # target of Table 5's claim: per-point margin of the robust MoE F_R, per class (eval.py fields below)
@@ -393,7 +393,6 @@ def compact(runs: dict) -> dict:
 
 
 def main(argv=None):
-    import report  # the runs are read the way the tables read them
     from cli import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="?", help="runs folder of a preset (e.g. runs/digits)")
@@ -420,7 +419,7 @@ def main(argv=None):
     out = args.out or os.path.join(args.runs, "results")
     preset = args.preset or os.path.basename(os.path.normpath(args.runs)).removesuffix("-quick")
     os.makedirs(out, exist_ok=True)
-    write(report.load_runs(args.runs, []), out, NUM_CLASSES.get(preset, 10))
+    write(load_runs(args.runs, []), out, NUM_CLASSES.get(preset, 10))
     print(f"wrote {out}/claims.md and attacks.md")
 
 
