@@ -6,6 +6,9 @@
   rter_separate / at    RT-ER step (--kl-attack separate) over the AT step, PGD-K; goal <= 2.2
   RT-ER images/s and projected seconds per CIFAR-10-sized epoch (50,000 images); goal <= 60 s on one H100
   images/s of PGD-50 evaluation of the MoE (eval.py's attack, no update); peak GPU memory
+  host syncs per step of each case: the tensor operations that make the host wait for the GPU (.item(), .tolist(),
+                        nonzero, bool(tensor), ...), counted by a TorchFunctionMode on any device, and on a GPU also
+                        the synchronisations torch.cuda.set_sync_debug_mode("warn") reports
 With an MoE-CNN arch (moe_cnn.py; --scale r, default 0.5), the cost of AdvMoE's pathway MoE instead, one train step
 each (CE, SGD):
   moe_cnn / s_dense     MoE-CNN (E experts, rows grouped by expert) over the dense network of width r
@@ -20,19 +23,23 @@ and --compile compiles each expert (expert.compile(dynamic=True), as train_commo
   python bench.py                          # resnet18 experts, the GPU when there is one
   python bench.py --device cpu --arch cnn  # seconds: a quick check with the small CNN on 8x8 inputs
   python bench.py --arch moe_resnet18      # the MoE-CNN's pathway against the dense network of width r
+  python bench.py --cases moe,at,rter_shared   # some of the cases (the ratios whose two terms ran)
 """
 import argparse
+import collections
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import data
 import train_common as tc
@@ -49,6 +56,8 @@ EPOCH_GOAL_S = 60.0  # PGD-10 RT-ER on one H100
 SHAPES = {"resnet18": ("cifar10", (3, 32, 32)), "cnn": ("digits", (1, 8, 8)),  # dataset whose mean/std we use
           "moe_resnet18": ("cifar10", (3, 32, 32)), "moe_wrn28_10": ("cifar10", (3, 32, 32)),
           "moe_cnn": ("digits", (1, 8, 8))}
+CASES = {"moe": ("single", "moe", "at", "rter_shared", "rter_separate", "pgd50_eval"),
+         "moe_cnn": ("s_dense", "moe_cnn", "moe_cnn_masked")}
 # per family: the ratios, each (label, numerator case, denominator case); the cases are the ratios' terms
 RATIOS = {"moe": {"moe_over_single": ("MoE top-1 step / single {arch} step", "moe", "single"),
                   "rter_shared_over_at": ("RT-ER (shared) step / AT step", "rter_shared", "at"),
@@ -72,6 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for models and data (default on with a GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile each expert (and the single network)")
+    p.add_argument("--cases", default=None, help="comma list of the cases to run (default: all of the arch's)")
     p.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--profile", action="store_true", help="then profile one step of each case: where the time goes")
     p.add_argument("--seed", type=int, default=0)
@@ -94,6 +104,12 @@ def parse_args(argv=None):
     if args.amp and not gpu:
         print("note: --amp is ignored on CPU (training applies bf16 autocast on GPUs only)", file=sys.stderr)
         args.amp = False
+    family = "moe_cnn" if args.arch.startswith("moe_") else "moe"
+    args.cases = args.cases.split(",") if args.cases else list(CASES[family])
+    unknown = [c for c in args.cases if c not in CASES[family]]
+    if unknown:
+        raise ValueError(f"--cases: unknown {', '.join(unknown)} for --arch {args.arch}; choose from "
+                         f"{', '.join(CASES[family])}")
     args.device = str(device)
     if args.out is None:
         suffix = "" if args.arch == "resnet18" else f"_{args.arch}"
@@ -182,10 +198,97 @@ def train_step(model, opt, loss_fn, x, y, autocast) -> None:
         tc.backward_and_step(loss, model, [opt])
 
 
+# ----------------------------------------------------------------------------- host syncs
+
+# what makes the host wait for the GPU: the result (a Python number, a shape that depends on the values, a CPU copy)
+# must be read back before the next op can be issued
+SYNC_OPS = {"item", "tolist", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "equal",
+            "allclose", "is_nonzero", "__bool__", "__int__", "__float__", "__index__", "__format__", "cpu", "numpy",
+            "__array__"}
+
+
+def arg(args, kwargs, i: int, name: str, default=None):
+    """The op's argument called name, or at position i."""
+    return kwargs[name] if name in kwargs else args[i] if len(args) > i else default
+
+
+def host_reads(name: str, args, kwargs) -> int:
+    """How many device-to-host reads the op named name, called with args and kwargs, makes on a GPU."""
+    if name in SYNC_OPS:
+        return 1
+    if name == "bincount":  # CUDA's reads the min back (its bounds check) and the max (the bin count), minlength or not
+        return 1 if args[0].dtype == torch.uint8 else 2
+    if name == "one_hot":  # the class count is the max unless given (CUDA skips the bounds checks)
+        return int(arg(args, kwargs, 1, "num_classes", -1) == -1)
+    if name == "histc":  # the range is the data's min and max unless given (min = max)
+        return int(arg(args, kwargs, 2, "min", 0) == arg(args, kwargs, 3, "max", 0))
+    if name == "repeat_interleave":  # the output's length is the sum of tensor repeats, unless output_size says it
+        repeats = arg(args, kwargs, 1, "repeats", args[0])
+        return int(isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None)
+    if name in ("__getitem__", "__setitem__"):  # a boolean mask index is a nonzero
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return int(any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index))
+    if name == "where":  # the one-argument form is nonzero(as_tuple=True)
+        return int(len(args) + len(kwargs) == 1)
+    if name == "to":
+        where = [a for a in (*args[1:], kwargs.get("device")) if isinstance(a, (str, torch.device))]
+        return int(any(torch.device(a).type == "cpu" for a in where))
+    return 0
+
+
+class HostSyncs(TorchFunctionMode):
+    """Counts, by op name, the device-to-host reads the torch calls would make were the tensors on a GPU, on any
+    device. The mode sees one call per user-level op (it is off inside its own handler), not the ATen ops within."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        reads = host_reads(name, args, kwargs)
+        if reads:
+            self.ops[name] += reads
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def cuda_syncs(device: torch.device):
+    """Collects, in the list it yields, the synchronisations the CUDA sync debug mode warns of (none off a GPU)."""
+    if device.type != "cuda":
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # each one, not the first per call site
+        before = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    caught[:] = [w for w in caught if "synchronizing CUDA operation" in str(w.message)]
+
+
+def count_host_syncs(model, opt, loss_fn, x, y, autocast, device, compiled: bool) -> dict:
+    """One train step, counted: {host_syncs: ops that read back, host_sync_ops: by op, cuda_syncs: the CUDA debug
+    mode's count or None}. Under --compile the op count is None: Dynamo would trace the mode into (and recompile) the
+    experts, whose graphs then run without it."""
+    counter = HostSyncs()
+    sync(device)
+    with cuda_syncs(device) as caught, (nullcontext() if compiled else counter):
+        train_step(model, opt, loss_fn, x, y, autocast)
+    sync(device)
+    return {"host_syncs": None if compiled else sum(counter.ops.values()),
+            "host_sync_ops": None if compiled else dict(counter.ops),
+            "cuda_syncs": len(caught) if device.type == "cuda" else None}
+
+
 # ----------------------------------------------------------------------------- the run
 
 def run_bench(args, device) -> dict:
     cases, moe, info, shape = build_cases(args, device)
+    cases = {name: cases[name] for name in args.cases}
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if args.amp else nullcontext
     gen = torch.Generator(device="cpu").manual_seed(args.seed + 1)
     batches = []
@@ -224,13 +327,16 @@ def run_bench(args, device) -> dict:
                   flush=True)
     bar.close()
     wall = time.perf_counter() - t_start
+    # a separate step per case: the counting hook's Python call per torch op must not slow the timed steps
+    syncs = {name: count_host_syncs(*cases[name], *batches[0], autocast, device, args.compile) for name in names}
     profiles = {name: profile_step(*cases[name], *batches[0], autocast, device) for name in names} if args.profile \
         else None
 
     with torch.no_grad(), autocast():
         usage = torch.bincount(moe.gates(batches[0][0]).argmax(1), minlength=moe.num_experts)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    ratios = {key: med[top] / med[bottom] for key, (_, top, bottom) in RATIOS[family].items()}
+    ratios = {key: med[top] / med[bottom] for key, (_, top, bottom) in RATIOS[family].items()
+              if top in med and bottom in med}
     rter = {kind: {"images_per_s": args.bs / med[f"rter_{kind}"],
                    "epoch_s": EPOCH_IMAGES * med[f"rter_{kind}"] / args.bs}
             for kind in ("shared", "separate") if f"rter_{kind}" in med}
@@ -238,11 +344,11 @@ def run_bench(args, device) -> dict:
         "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "settings": {k: getattr(args, k) for k in ("arch", "experts", "bs", "warmup", "iters", "steps", "amp",
-                                                   "channels_last", "compile", "seed")}
+                                                   "channels_last", "compile", "seed", "cases")}
         | ({"scale": args.scale, "optimizer": "sgd"} if family == "moe_cnn" else {"optimizer": "adam", **RTER})
         | {"topk": 1, "input_shape": list(shape)},
         "cases": {name: {"median_s": med[name], "min_s": min(times[name]), "times_s": times[name],
-                         "images_per_s": args.bs / med[name]} for name in names},
+                         "images_per_s": args.bs / med[name], **syncs[name]} for name in names},
         "ratios": ratios, "goals": {k: v for k, v in GOALS.items() if k in ratios},
         "rter_epoch": rter, "epoch_images": EPOCH_IMAGES, "epoch_goal_s": EPOCH_GOAL_S,
         "routing_usage_last": usage.tolist(), "profiles": profiles,
@@ -267,6 +373,17 @@ def fmt(v: float) -> str:
     return f"{v:.3g}" if v < 100 else f"{v:.0f}"
 
 
+def syncs_cell(case: dict) -> str:
+    """The op count (by op) and the CUDA debug mode's count, where each was taken."""
+    parts = []
+    if case.get("host_syncs") is not None:
+        by_op = ", ".join(f"{op} {n}" for op, n in sorted(case["host_sync_ops"].items()))
+        parts.append(f"{case['host_syncs']}" + (f" ({by_op})" if by_op else ""))
+    if case.get("cuda_syncs") is not None:
+        parts.append(f"CUDA {case['cuda_syncs']}")
+    return "; ".join(parts)
+
+
 def markdown(res: dict) -> str:
     s, k = res["settings"], res["settings"]["steps"]
     arch = "ResNet18" if s["arch"] == "resnet18" else s["arch"]
@@ -281,7 +398,7 @@ def markdown(res: dict) -> str:
     family = "moe_cnn" if s["arch"].startswith("moe_") else "moe"
     ratios = [[label.format(arch=arch), f"{res['ratios'][key]:.2f}",
                f"<= {res['goals'][key]}" if key in res["goals"] else ""]
-              for key, (label, _, _) in RATIOS[family].items()]
+              for key, (label, _, _) in RATIOS[family].items() if key in res["ratios"]]
     for kind in res["rter_epoch"]:
         r = res["rter_epoch"][kind]
         ratios += [[f"PGD-{k} RT-ER ({kind}) images/s", fmt(r["images_per_s"]), ""],
@@ -289,10 +406,10 @@ def markdown(res: dict) -> str:
                     f"<= {res['epoch_goal_s']:.0f} (PGD-10, one H100)"]]
     if "pgd50_eval" in res["cases"]:
         ratios.append(["PGD-50 evaluation images/s (whole MoE)", fmt(res["cases"]["pgd50_eval"]["images_per_s"]), ""])
-    cases = [[name, f"{c['median_s']:.4g}", f"{c['min_s']:.4g}", fmt(c["images_per_s"])]
+    cases = [[name, f"{c['median_s']:.4g}", f"{c['min_s']:.4g}", fmt(c["images_per_s"]), syncs_cell(c)]
              for name, c in res["cases"].items()]
     lines += ["", markdown_table(["measure", "measured", "goal"], ratios),
-              markdown_table(["case", "median s/step", "min s/step", "images/s"], cases)]
+              markdown_table(["case", "median s/step", "min s/step", "images/s", "host syncs / step"], cases)]
     lines.append(f"top-1 expert usage on one batch at the end: {res['routing_usage_last']}")
     for name, ops in (res.get("profiles") or {}).items():
         lines += [f"\nprofile of one {name} step (self time):",

@@ -196,10 +196,16 @@ class MoE(nn.Module):
         """sum_j weights[:, j] * f_{idx[:, j]}(x), each expert run once on the rows routed to it."""
         xn = self.normalize(x)
         out = None
-        for i, expert in enumerate(self.experts):
-            rows, slots = (idx == i).nonzero(as_tuple=True)
-            if rows.numel() == 0:
+        # one stable sort groups the (row, slot) pairs by expert in row order, and one count read (the forward's only
+        # host sync; CUDA's bincount would read twice more for its bounds) splits them: each expert sees the rows,
+        # and out sums them, in the order of a per-expert scan
+        experts, order = torch.sort(idx.flatten(), stable=True)
+        edges = torch.arange(self.num_experts + 1, device=idx.device)
+        counts = torch.searchsorted(experts, edges).diff().tolist()
+        for i, (expert, flat) in enumerate(zip(self.experts, order.split(counts))):
+            if not counts[i]:
                 continue
+            rows, slots = flat // idx.shape[1], flat % idx.shape[1]
             y = expert(xn[rows]) * weights[rows, slots].unsqueeze(1).to(xn.dtype)
             if out is None:
                 out = y.new_zeros(x.shape[0], y.shape[1])

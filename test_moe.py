@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import moe
+from bench import HostSyncs
 from conftest import batch, by_hand, start_when_selected, tiny_moe, topk_reference
 
 
@@ -63,6 +64,38 @@ def test_dispatch_runs_each_expert_once_on_its_rows(topk):
             h.remove()
     assert all(len(c) <= 1 for c in calls.values()), f"an expert ran more than once: {calls}"
     assert sum(sum(c) for c in calls.values()) == topk * len(x)  # each row reaches exactly k experts
+
+
+def per_expert_scan(model, x, idx, weights):
+    """MoE.dispatch as it was up to 0296cab: a nonzero() per expert (a host sync each); the committed runs used it."""
+    xn, out = model.normalize(x), None
+    for i, expert in enumerate(model.experts):
+        rows, slots = (idx == i).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        y = expert(xn[rows]) * weights[rows, slots].unsqueeze(1).to(xn.dtype)
+        out = (y.new_zeros(x.shape[0], y.shape[1]) if out is None else out).index_add(0, rows, y.to(y.dtype))
+    return out
+
+
+@pytest.mark.parametrize("topk", [1, 2])
+@pytest.mark.parametrize("train", [False, True])
+def test_dispatch_equals_the_per_expert_scan_bit_for_bit_with_one_host_read(topk, train):
+    x, y = batch()
+    grads = []
+    for dispatch in (None, per_expert_scan):
+        torch.manual_seed(0)
+        model = tiny_moe(topk).train(train)
+        gates = model.gates(x)
+        idx = gates.topk(topk, 1).indices
+        args = (x, idx, gates.gather(1, idx))
+        out = model.dispatch(*args) if dispatch is None else dispatch(model, *args)
+        F.cross_entropy(out, y).backward()
+        grads.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))  # same rows, same order, same sums: the same bits
+    with HostSyncs() as reads:  # the reads each call would make were x on a GPU
+        model(x)
+    assert dict(reads.ops) == {"tolist": 1}, reads.ops
 
 
 @pytest.mark.parametrize("topk", [1, 2])
