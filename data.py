@@ -301,17 +301,24 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False):
 
 # ----------------------------------------------------------------------------- loaders
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """t on device; to a GPU from pinned memory, without making the host wait for the copy."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def random_crop_flip(x, pad: int, flip: bool, gen: torch.Generator):
     """Random crop after zero padding and random horizontal flip, batched on x's device."""
     n, _, h, w = x.shape
     if pad:
         padded = F.pad(x, (pad, pad, pad, pad))
-        dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device) for _ in range(2))
+        dy, dx = (to_device(torch.randint(0, 2 * pad + 1, (n,), generator=gen), x.device) for _ in range(2))
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
         x = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
     if flip:
-        mirror = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        mirror = to_device(torch.rand(n, generator=gen) < 0.5, x.device)
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
     return x
 
@@ -342,7 +349,7 @@ class TensorLoader:
         n = len(self.data)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         for b in range(len(self)):
-            idx = order[b * self.bs:(b + 1) * self.bs].to(self.device)
+            idx = to_device(order[b * self.bs:(b + 1) * self.bs], self.device)
             x = self.data.pixels(idx)
             if self.info is not None:
                 x = random_crop_flip(x, self.info.crop_pad, self.info.flip, gen)

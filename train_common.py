@@ -51,6 +51,7 @@ MOE_CNN_DEFAULTS = dict(opt="sgd", wd=5e-4, lr=0.1, sched="cosine", epochs=100, 
 RESUMABLE = ("epochs", "out", "data_dir", "download", "device", "workers", "compile", "eval_every", "eval_n",
              "eval_steps")
 RUN_MODE = ("resume", "overwrite", "resumed", "machine", "machines")  # how and where it ran, not what the run is
+CHECK_EVERY = 50  # steps between host reads of the losses' finiteness (and the progress bar's loss)
 RUN_FILES = ("ckpt.pt", "log.csv", "args.json")  # their presence means a folder holds a run
 STALE_ONCE_TRAINED = ("diverged.json", "eval_*.json", "eval_*.md", "dual_*.json", "dual_*.md")
 
@@ -321,13 +322,15 @@ class Run:
         """The epoch's training batches (x, y) on the device, with a progress bar; sets the epoch's meters."""
         from tqdm import tqdm
         a = self.args
-        self.epoch, self.sums, self.counts, self.t0 = epoch, {}, {}, time.time()
+        self.epoch, self.sums, self.counts, self.first_bad, self.t0 = epoch, {}, {}, {}, time.time()
         self.loader.set_epoch(epoch)
         bar = tqdm(self.loader, desc=f"{a.method} epoch {epoch + 1}/{a.epochs}", leave=False,
                    disable=not self.is_main or None)
         for self.step, (x, y) in enumerate(bar):
             yield self.memory_format(x), y
-            bar.set_postfix(loss=f"{self.sums.get('loss', 0.0) / max(self.counts.get('loss', 1), 1):.3f}")
+            if (self.step + 1) % CHECK_EVERY == 0:  # the only host reads of the loop
+                self.check_finite()
+                bar.set_postfix(loss=f"{float(self.sums.get('loss', 0.0)) / max(self.counts.get('loss', 1), 1):.3f}")
 
     def memory_format(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.args.channels_last else x
@@ -346,21 +349,31 @@ class Run:
         in the backward pass. Attacks inside fn differentiate w.r.t. the input only: nothing is synchronised there."""
         return self.ddp(fn, *args, **kwargs) if self.ddp is not None else fn(*args, **kwargs)
 
-    def update(self, loss: torch.Tensor, model, *optimizers, name: str = "loss") -> float:
-        """One step: refuse a non-finite loss, clear every gradient of model, backward, average over processes, step."""
-        value = loss.item()
-        if not math.isfinite(value):
-            self.diverged(f"{name} became {value} at epoch {self.epoch + 1}, step {self.step + 1}")
+    def update(self, loss: torch.Tensor, model, *optimizers, name: str = "loss") -> None:
+        """One step: clear every gradient of model, backward, average over processes, step. The loss is summed and
+        checked for finiteness on the device (the first bad step kept there), read back only by check_finite."""
+        value = loss.detach().double()
+        bad = self.first_bad.get(name, torch.full((2,), -1.0, dtype=torch.float64, device=value.device))
+        here = torch.stack([torch.full((), float(self.step), dtype=torch.float64, device=value.device), value])
+        self.first_bad[name] = torch.where((bad[0] < 0) & ~torch.isfinite(value), here, bad)
         backward_and_step(loss, model, optimizers)
         self.stepped = optimizers[0]
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0) + 1
-        return value
+
+    def check_finite(self) -> None:
+        """Stop the run, naming the step, if a loss of this epoch became NaN or inf (every CHECK_EVERY steps and at
+        the epoch's end, before anything is saved: the last good checkpoint stays as it was)."""
+        for name, (step, value) in ((k, v.tolist()) for k, v in self.first_bad.items()):
+            if step >= 0:
+                self.diverged(f"{name} became {value} at epoch {self.epoch + 1}, step {int(step) + 1}")
 
     def end_epoch(self, epoch: int) -> dict:
         """Evaluate when due, then write checkpoint (with the whole log inside) and log.csv; returns the log row."""
         a = self.args
-        sums = {k: torch.tensor([self.sums[k], self.counts[k]], dtype=torch.float64, device=self.device)
+        self.check_finite()
+        sums = {k: torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float64, device=self.device),
+                                torch.tensor(float(self.counts[k]), dtype=torch.float64, device=self.device)])
                 for k in self.sums}
         if self.world > 1:  # the epoch's mean losses over every process's batches, on the group's device
             for pair in sums.values():
