@@ -222,10 +222,12 @@ def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int
             objective, x_in = TaggedObjective(model, target, x), tag_rows(x.detach())
         else:
             objective, x_in = target_objective(model, target, x), x.detach()
+        def logits(z):  # AutoAttack's own buffers are fp32, whatever autocast computes the model in
+            return objective(z).float()
         if version == "standard":
-            adversary = AutoAttack(objective, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+            adversary = AutoAttack(logits, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
         else:
-            adversary = AutoAttack(objective, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"],
+            adversary = AutoAttack(logits, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"],
                                    seed=seed, device=x.device)
             adversary.apgd.n_iter, adversary.apgd.n_restarts = 10, 1
         adversary.verbose = False

@@ -108,6 +108,9 @@ def parse_args(argv=None):
                    help="skip an attack whose JSON in the output folder is newer than the checkpoint: after a kill, "
                         "run_all redoes only the attacks that had not finished")
     p.add_argument("--bs", type=cli.number(int, 1), default=256)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model in bf16 autocast, the attack's own arithmetic in fp32 (default: as the run "
+                        "trained, which is bf16 only on a GPU with --amp); on a GPU also TF32 and cudnn.benchmark")
     p.add_argument("--data-dir", default=None, help="default: the run's")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=cli.number(int), default=0)
@@ -298,6 +301,10 @@ def main(argv=None):
         raise ValueError(f"{args.ckpt or args.rob} records no eps; pass --eps")
     step = eps / 4 if args.step_size is None else args.step_size
     device = cli.pick_device(args.device)
+    amp = (bool(run_args.get("amp")) and device.type == "cuda") if args.amp is None else args.amp
+    if amp and device.type == "cuda":  # what a bf16 run's numbers already allow; the batch shapes repeat
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     model = model.to(device).eval()
     if run_args.get("channels_last"):  # evaluate in the memory format the run trained in
         model = model.to(memory_format=torch.channels_last)
@@ -323,7 +330,9 @@ def main(argv=None):
         n = args.n if n is None else n
         x, y = (t.to(device) for t in data.test_subset(test, n))
         index = data.subset_index(len(test), n).tolist()
-        result, table = evaluate(model, x, y, index, dual, run_args, one, eps, step, info.num_classes)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            result, table = evaluate(model, x, y, index, dual, run_args, one, eps, step, info.num_classes)
+        result["precision"] = "bf16 autocast" if amp else "fp32"
         # written whole or not at all: run_all's make takes any JSON it finds as done
         checkpoint.atomic_write(path + ".md", table)
         checkpoint.atomic_write(path + ".json", json.dumps(result, indent=1))
