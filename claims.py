@@ -292,7 +292,8 @@ def judged_under(row) -> str:
     attacks = row[2]
     if attacks.startswith("worst of"):
         return f"worst case of {attacks.count(',') + 1} attack:targets"
-    return "; ".join(dict.fromkeys(a.split(":")[0].split(" (PGD")[0] for a in attacks.split("; ")))
+    return "; ".join(dict.fromkeys(a.split(":")[0].split(" (PGD")[0] for a in attacks.split("; "))) \
+        + (" (routing share only, not per point)" if "share only" in attacks else "")
 
 
 def side_by_side(presets: dict) -> str:
