@@ -29,6 +29,7 @@ ROUTE_SAME, SAME_ROUTE = "route_same_", "same_route"  # eval.py: share of points
 STABLE = -2.0  # "RA remains stable" (Figure 7) gives no tolerance; we read it as: at most 2 pp lower
 RATE = 0.05  # a row's false-verdict rate, and the family-wise rate of Holm's correction over a preset's rows
 OURS, READ = "tolerance ours", "our reading"  # marks of a claim whose threshold or wording the paper does not give
+MARKS = f"({READ}): the paper's words, made testable by us; ({OURS}): a threshold the paper does not give."
 # a claim: its text, where the paper says it, the attacks it is judged under ("worst": the worst case over the
 # attacks all its sides faced), its comparisons (each a contrast: (weight, side) terms), t in "C > t", and a mark
 Claim = namedtuple("Claim", "text source attacks parts threshold mark", defaults=(0.0, None))
@@ -207,12 +208,9 @@ def combine(judged: list, threshold: float = 0.0) -> tuple:
         return "n/a", (have or judged)[0], float("nan")
     k = len(judged)
     below = [j for j in judged if j["difference"] < threshold]
-    if below:  # contradicted by its most clearly contradicted comparison
-        shown = min(below, key=lambda j: j["p"])
-        p = min(1.0, k * shown["p"])
-    else:  # holds only as far as its weakest comparison does
-        shown = max(judged, key=lambda j: j["p"])
-        p = min(1.0, k * shown["p"])
+    # contradicted by its most clearly contradicted comparison, else holding only as far as its weakest does
+    shown = min(below, key=lambda j: j["p"]) if below else max(judged, key=lambda j: j["p"])
+    p = min(1.0, k * shown["p"])
     verdicts = [j["verdict"] for j in judged]
     result = "contradicted" if "contradicted" in verdicts else "holds" if set(verdicts) == {"holds"} else "undecided"
     return result, shown, p
@@ -307,8 +305,7 @@ def side_by_side(presets: dict) -> str:
                  + {"yes": "; survives Holm", "no": "; not after Holm"}.get(row[11], "")
                  if row else "not run" for row in (found.get(claim) for found in presets.values())]
         rows.append([claim, got[0][1], *cells])
-    marks = f"({READ}): the paper's words, made testable by us; ({OURS}): a threshold the paper does not give."
-    return markdown_table(["claim", "source in the paper", *presets], rows) + "\n" + marks + "\n"
+    return markdown_table(["claim", "source in the paper", *presets], rows) + "\n" + MARKS + "\n"
 
 
 def mean_std(values) -> str:
@@ -363,7 +360,7 @@ def write(runs: dict, out: str, classes: int = 10) -> list:
              f"a decided verdict survives Holm's correction over this page's {len(rows)} rows at a family-wise error "
              f"rate of {RATE:.0%}; a decided row marked no may be one of the rows decided by chance.",
              f"Collapsed: SA at most twice chance ({collapse_sa(classes):g} %), the same line Table 9 draws.",
-             f"({READ}): the paper's words, made testable by us; ({OURS}): a threshold the paper does not give.",
+             MARKS,
              "Margins (Table 5) are differences of p_y - max_k!=y p_k in probability, not percentage points."]
     if any(row[9].startswith("1 x") for row in rows):
         notes.append("A row on 1 seed has an interval for that training run only: the seeds' spread is unknown.")

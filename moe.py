@@ -202,8 +202,8 @@ class MoE(nn.Module):
         experts, order = torch.sort(idx.flatten(), stable=True)
         edges = torch.arange(self.num_experts + 1, device=idx.device)
         counts = torch.searchsorted(experts, edges).diff().tolist()
-        for i, (expert, flat) in enumerate(zip(self.experts, order.split(counts))):
-            if not counts[i]:
+        for expert, count, flat in zip(self.experts, counts, order.split(counts)):
+            if not count:
                 continue
             rows, slots = flat // idx.shape[1], flat % idx.shape[1]
             y = expert(xn[rows]) * weights[rows, slots].unsqueeze(1).to(xn.dtype)

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import glob
 import json
-import math
 import os
 import time
 
