@@ -2,6 +2,7 @@
 import contextlib
 import csv
 import io
+import math
 import os
 
 import torch
@@ -57,27 +58,39 @@ def load_weights(module: torch.nn.Module, state: dict, path: str) -> None:
         raise ValueError(f"checkpoint {path} holds another architecture than this model ({detail})") from None
 
 
-def build_model_from_args(a: dict, pretrained: bool = False) -> MoE | MoECNN:
-    """The MoE (or MoE-CNN, dense or sparse network) described by a run's args (a dict), untrained unless pretrained."""
+def build_model_from_args(a: dict, pretrained: bool = False, side: int = None) -> MoE | MoECNN:
+    """The MoE (or MoE-CNN, dense or sparse network) described by a run's args (a dict), untrained unless pretrained;
+    for inputs of side x side pixels (default: what the dataset's loaders serve, data.model_shape)."""
     info = data.dataset_info(a["dataset"])
+    shape = data.model_shape(info) if side is None else (info.shape[0], side, side)
     if a["arch"] in CNN_ARCHS:
         if a.get("method") == "sparse":  # the full-width network, keeping a share `scale` of every layer's channels
-            return build_moe_cnn(a["arch"], 1, 1.0, info.num_classes, info.shape, info.mean, info.std, a["scale"])
-        return build_moe_cnn(a["arch"], a["experts"], a.get("scale", 1.0), info.num_classes, info.shape, info.mean,
-                             info.std)
-    return build_moe(a["arch"], a["experts"], a["topk"], info.num_classes, info.shape, info.mean, info.std,
+            return build_moe_cnn(a["arch"], 1, 1.0, info.num_classes, shape, info.mean, info.std, a["scale"])
+        return build_moe_cnn(a["arch"], a["experts"], a.get("scale", 1.0), info.num_classes, shape, info.mean,
+                             info.std, router=a.get("router", "ours"), stem=a.get("stem", "full"),  # absent: older runs
+                             ste=a.get("ste"))
+    return build_moe(a["arch"], a["experts"], a["topk"], info.num_classes, shape, info.mean, info.std,
                      pretrained=pretrained)
+
+
+def router_side(a: dict, state: dict, prefix: str = "") -> int | None:
+    """H = W of the inputs an MoE's router was trained on, its weight being (E, C * H * W); None without one (an
+    MoE-CNN's router pools). A TinyImageNet run from before the 224 resize read 64 x 64, and rebuilds so."""
+    weight = state.get(prefix + "router.weight")
+    return None if weight is None else math.isqrt(weight.shape[1] // data.dataset_info(a["dataset"]).shape[0])
 
 
 def model_from_checkpoint(path: str, alpha: float = None, combine: str = None):
     """(model, ckpt) for a single-MoE or a JTDMoE checkpoint; dual models take alpha/combine from it unless given."""
     ckpt = load_checkpoint(path)
-    a = ckpt["args"]
+    a, state = ckpt["args"], ckpt["model"]
     if a.get("kind") == "dual":
-        model = DualMoE(build_model_from_args(a["std_args"]), build_model_from_args(a["rob_args"]),
+        std, rob = a["std_args"], a["rob_args"]
+        model = DualMoE(build_model_from_args(std, side=router_side(std, state, "std.")),
+                        build_model_from_args(rob, side=router_side(rob, state, "rob.")),
                         a["alpha"] if alpha is None else alpha, combine or a.get("combine", "logits"))
     else:
-        model = build_model_from_args(a)
+        model = build_model_from_args(a, side=router_side(a, state))
     load_weights(model, ckpt["model"], path)
     return model, ckpt
 

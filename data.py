@@ -3,9 +3,11 @@ cifar10, cifar100, tinyimagenet, imagenet, and synthetic_cifar10 / synthetic_tin
 shapes and sizes: paper-shaped speed runs with no download).
 Images come out as pixels in [0, 1].
 
-Small datasets are held as uint8 tensors and augmented on the device (random crop with padding, flip);
-ImageNet goes through torchvision's ImageFolder and a DataLoader.
+Small datasets are held as uint8 tensors and augmented on the device (random crop with padding, flip), then resized
+on the device where the models see another size (TinyImageNet: 224); ImageNet goes through torchvision's ImageFolder
+and a DataLoader.
 """
+import dataclasses
 import gzip
 import os
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ class DatasetInfo:
     eps: float  # default attack budget, pixel units
     crop_pad: int  # random-crop padding for augmentation (0: none)
     flip: bool  # random horizontal flip for augmentation
+    size: int = 0  # the side the models see: images are resized to it after augmentation, on the device (0: as stored)
 
 
 DATASETS = {
@@ -32,7 +35,10 @@ DATASETS = {
     "fashion_mnist": DatasetInfo(10, (1, 28, 28), (0.2860,), (0.3530,), 0.1, 2, True),
     "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 8 / 255, 4, True),
     "cifar100": DatasetInfo(100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 8 / 255, 4, True),
-    "tinyimagenet": DatasetInfo(200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 2 / 255, 8, True),
+    # TinyImageNet: resized to 224 before the model, as the public code does for every network (the resolution of
+    # ViT-S/16's weights), so the router, the eps-ball and the clamp are in 224-pixel space, as there
+    "tinyimagenet": DatasetInfo(200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 2 / 255, 8, True,
+                                224),
     "imagenet": DatasetInfo(1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 2 / 255, 0, True),
 }
 # name: (the real dataset it stands in for, training images, test images); nothing can be learned from them
@@ -51,21 +57,44 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def model_shape(info: DatasetInfo) -> tuple:
+    """(C, H, W) of a model's input: the images' shape, or C x size x size where the loaders resize them."""
+    return (info.shape[0], info.size, info.size) if info.size else info.shape
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """x (N, C, H, W) at size x size: bilinear, antialiased, bit for bit torchvision's Resize(size) on a square tensor
+    (the public code's). Each output pixel is a convex combination of input pixels, so [0, 1] stays [0, 1]."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+RESIZE_CHUNK = 500  # test images resized at a time: 10,000 TinyImageNet images at 224 are 6 GB, their chunks 0.3 GB
+
+
 @dataclass
 class ImageTensors:
-    """Images as uint8 (N, C, H, W) with integer labels; pixel value = x / scale."""
+    """Images as uint8 (N, C, H, W) with integer labels; pixel value = x / scale. The models see them at size x size
+    (0: as stored): the loaders resize after augmenting, so the uint8 set stays small."""
     x: torch.Tensor
     y: torch.Tensor
     scale: float = 255.0
+    size: int = 0
 
     def __len__(self):
         return len(self.y)
 
     def to(self, device):
-        return ImageTensors(self.x.to(device), self.y.to(device), self.scale)
+        return dataclasses.replace(self, x=self.x.to(device), y=self.y.to(device))
 
     def pixels(self, idx):
+        """Images idx as stored, in [0, 1]."""
         return self.x[idx].float() / self.scale
+
+    def served(self, pixels):
+        """pixels (N, C, H, W) as the models see them: resized to size (unchanged at size 0)."""
+        return resize(pixels, self.size) if self.size else pixels
 
 
 # ----------------------------------------------------------------------------- the datasets
@@ -284,7 +313,14 @@ def load_imagenet(data_dir: str):
 
 
 def load_dataset(name: str, data_dir: str = "data", download: bool = False):
-    """(train, test) for a dataset name: ImageTensors, or ImageFolder datasets for imagenet."""
+    """(train, test) for a dataset name: ImageTensors served at the dataset's size (info.size), or ImageFolder datasets
+    for imagenet."""
+    splits, size = load_images(name, data_dir, download), dataset_info(name).size
+    return [dataclasses.replace(split, size=size) for split in splits] if size else splits
+
+
+def load_images(name: str, data_dir: str = "data", download: bool = False):
+    """(train, test) for a dataset name as stored: ImageTensors, or ImageFolder datasets for imagenet."""
     dataset_info(name)
     if name == "digits":
         return load_digits_split()
@@ -351,9 +387,9 @@ class TensorLoader:
         for b in range(len(self)):
             idx = to_device(order[b * self.bs:(b + 1) * self.bs], self.device)
             x = self.data.pixels(idx)
-            if self.info is not None:
+            if self.info is not None:  # at the stored size, as the public code augments before its Resize
                 x = random_crop_flip(x, self.info.crop_pad, self.info.flip, gen)
-            yield x[self.rank::self.world], self.data.y[idx][self.rank::self.world]
+            yield self.data.served(x[self.rank::self.world]), self.data.y[idx][self.rank::self.world]
 
 
 class FolderLoader:
@@ -409,14 +445,19 @@ def train_subset(train, n: int = 0, seed: int = 0):
     turn[by_class] = torch.arange(len(y)) - (torch.cumsum(counts, 0) - counts)[ys[by_class]]
     idx = order[torch.sort(turn, stable=True).indices[:n]].sort().values
     if isinstance(train, ImageTensors):
-        return ImageTensors(train.x[idx], train.y[idx], train.scale)
+        return dataclasses.replace(train, x=train.x[idx], y=train.y[idx])
     return torch.utils.data.Subset(train, idx.tolist())
 
 
 def test_subset(test, n: int = 0, seed: int = 0):
-    """A fixed subset of n test points (all when n <= 0), as pixel tensors (x, y) on the CPU."""
+    """A fixed subset of n test points (all when n <= 0): pixel tensors (x, y) on the CPU, as the models see them."""
     idx = subset_index(len(test), n, seed)
     if isinstance(test, ImageTensors):
-        return test.pixels(idx), test.y[idx]
+        if not test.size:
+            return test.pixels(idx), test.y[idx]
+        x = torch.empty(len(idx), test.x.shape[1], test.size, test.size)
+        for start in range(0, len(idx), RESIZE_CHUNK):  # into one tensor: a list of chunks would double the peak
+            x[start:start + RESIZE_CHUNK] = test.served(test.pixels(idx[start:start + RESIZE_CHUNK]))
+        return x, test.y[idx]
     xs, ys = zip(*(test[int(i)] for i in idx))
     return torch.stack(xs), torch.tensor(ys)

@@ -60,16 +60,15 @@ VIT_SIZE = 224  # the resolution ViT-S/16's ImageNet weights were trained at: 14
 
 
 class ViTExpert(nn.Module):
-    """timm ViT-S/16 at 224 x 224, its input resized (bilinear) from whatever the data's size is. The router, the data
-    and the eps-ball stay at the data's size (TinyImageNet: 64 x 64), so the attack budget keeps its meaning; the
-    pretrained weights see the 196 tokens they were trained on (at 64 x 64 a ViT-S/16 has 16), as in the public code."""
+    """timm ViT-S/16 at 224 x 224, the 196 tokens its weights were trained on. TinyImageNet arrives resized to 224
+    (data.py), as in the public code; another size (a 64 x 64 run from before that) is resized here (bilinear)."""
 
     def __init__(self, vit: nn.Module):
         super().__init__()
         self.vit = vit
 
     def forward(self, x):
-        if x.shape[-2:] != (VIT_SIZE, VIT_SIZE):
+        if x.shape[-2:] != (VIT_SIZE, VIT_SIZE):  # such a run's router and eps-ball stay at its own size
             x = F.interpolate(x, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)
         return self.vit(x)
 

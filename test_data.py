@@ -451,3 +451,41 @@ def test_synthetic_cifar10_runs_the_pipeline_at_paper_shapes_without_files(tmp_p
                              "--aa-n", "8", "--aa-version", "quick"])
     assert results["pgd"]["n"] == 16 and results["aa"]["n"] == 8 and results["pgd"]["dataset"] == "synthetic_cifar10"
     assert [int(r["epoch"]) for r in csv.DictReader(open(out / "log.csv"))] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- TinyImageNet at 224, as the public code
+
+def test_resize_is_torchvisions_resize_and_keeps_the_pixel_box():
+    """data.resize(x, 224) is torchvision's Resize(224) on a tensor (the public code's TinyImageNet pipeline)."""
+    from torchvision import transforms
+    x = torch.randint(0, 256, (4, 3, 64, 64), generator=torch.Generator().manual_seed(0)).float() / 255
+    x[0] = 1.0  # a white image stays white: the weights of every output pixel sum to 1
+    out = data.resize(x, 224)
+    assert out.shape == (4, 3, 224, 224) and torch.equal(out, transforms.Resize(224)(x))
+    assert out.min() >= 0 and out.max() <= 1 and torch.equal(out[0], torch.ones(3, 224, 224))
+    assert data.resize(out, 224) is out  # already at size: untouched
+
+
+def test_tinyimagenet_is_served_at_224_after_augmenting_at_64(monkeypatch):
+    """Stored as 64 x 64 uint8; every batch and the test subset reach the model at 224: the 64-pixel batch (cropped and
+    flipped at 64, as the public code augments before its Resize) resized. Models and routers take 3 x 224 x 224."""
+    import dataclasses
+    monkeypatch.setitem(data.SYNTHETIC, "synthetic_tinyimagenet", ("tinyimagenet", 12, 7))
+    info = data.dataset_info("synthetic_tinyimagenet")
+    assert data.model_shape(info) == (3, 224, 224) and data.model_shape(data.dataset_info("cifar10")) == (3, 32, 32)
+    train, test = data.load_dataset("synthetic_tinyimagenet")
+    assert train.x.shape == (12, 3, 64, 64) and train.x.dtype == torch.uint8 and train.size == test.size == 224
+    assert data.train_subset(train, 6).size == 224 and train.to("cpu").size == 224
+    at64 = data.TensorLoader(dataclasses.replace(train, size=0), 4, torch.device("cpu"), True, info, seed=1)
+    at224 = data.TensorLoader(train, 4, torch.device("cpu"), True, info, seed=1)
+    half = data.TensorLoader(train, 4, torch.device("cpu"), True, info, seed=1, rank=1, world=2)
+    for (x64, y64), (x224, y224), (xh, yh) in zip(batches_of(at64, 2), batches_of(at224, 2), batches_of(half, 2)):
+        assert x64.shape == (4, 3, 64, 64)
+        assert x224.shape == (4, 3, 224, 224) and torch.equal(x224, data.resize(x64, 224)) and torch.equal(y224, y64)
+        assert torch.equal(xh, x224[1::2]) and torch.equal(yh, y224[1::2])  # a DDP rank: its rows, resized
+    monkeypatch.setattr(data, "RESIZE_CHUNK", 3)  # 5 points: a chunk of 3, one of 2
+    x, y = data.test_subset(test, 5)
+    idx = data.subset_index(len(test), 5)
+    assert x.shape == (5, 3, 224, 224) and x.dtype == torch.float32 and torch.equal(y, test.y[idx])
+    assert torch.equal(x, data.resize(test.pixels(idx), 224))
+    assert torch.equal(data.test_subset(dataclasses.replace(test, size=0), 5)[0], test.pixels(idx))

@@ -240,3 +240,32 @@ def test_pretrained_vit_reads_a_local_stand_in_offline_and_sees_224_pixels(tmp_p
     seen = []
     expert.vit.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
     assert expert(torch.rand(2, 3, 64, 64)).shape == (2, 200) and seen == [(2, 3, 224, 224)]
+
+
+def test_vit_moe_on_tinyimagenet_routes_224_pixel_inputs_and_its_experts_take_them_as_they_are(monkeypatch):
+    """New TinyImageNet runs: the router is Linear(3 * 224 * 224, E), and the ViT expert no longer resizes."""
+    from checkpoint import build_model_from_args
+    model = build_model_from_args(dict(dataset="tinyimagenet", arch="vit_small", experts=2, topk=1))
+    assert model.router.in_features == 3 * 224 * 224
+    monkeypatch.setattr(moe.F, "interpolate", lambda *a, **k: pytest.fail("a 224 x 224 input was resized"))
+    x = torch.rand(1, 3, 224, 224)
+    assert torch.equal(model.experts[0](x), model.experts[0].vit(x))
+
+
+def test_a_tinyimagenet_checkpoint_from_before_the_224_resize_rebuilds_at_64(tmp_path):
+    """Its args are those of a new run; the router's width (E, 3 * 64 * 64) says the side it trained at."""
+    import data
+    from checkpoint import model_from_checkpoint
+    info = data.dataset_info("tinyimagenet")
+    args = dict(dataset="tinyimagenet", arch="cnn", experts=2, topk=1)
+    old = moe.build_moe("cnn", 2, 1, 200, (3, 64, 64), info.mean, info.std)
+    torch.save({"model": old.state_dict(), "args": args}, tmp_path / "single.pt")
+    dual = moe.DualMoE(old, moe.build_moe("cnn", 2, 1, 200, (3, 64, 64), info.mean, info.std), 0.7)
+    torch.save({"model": dual.state_dict(), "args": dict(kind="dual", std_args=args, rob_args=args, alpha=0.7)},
+               tmp_path / "dual.pt")
+    single, _ = model_from_checkpoint(str(tmp_path / "single.pt"))
+    assert single.router.in_features == 3 * 64 * 64
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(single.eval()(x), old.eval()(x))  # the same weights, the same model
+    rebuilt, _ = model_from_checkpoint(str(tmp_path / "dual.pt"))
+    assert rebuilt.std.router.in_features == rebuilt.rob.router.in_features == 3 * 64 * 64

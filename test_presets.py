@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, cli_env, vit_stand_in
 from test_data import save_jpeg, write_cifar, write_cifar100
@@ -153,8 +154,24 @@ def show(proc):
     return f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
+def perturbations(ckpt, data_dir, out, monkeypatch):
+    """Every perturbation x_adv - x of eval.py's PGD on a run, evaluated in this process on 2 test points."""
+    import attacks
+    import eval as evaluate
+    made, pgd = [], attacks.pgd
+
+    def recorded(objective, x, *args, **kwargs):
+        x_adv = pgd(objective, x, *args, **kwargs)
+        made.append(x_adv - x)
+        return x_adv
+    monkeypatch.setattr(attacks, "pgd", recorded)
+    evaluate.main(["--ckpt", str(ckpt), "--attack", "pgd", "--targets", "whole", "--steps", "1", "--n", "2",
+                   "--step-size", str(2 / 255), "--data-dir", str(data_dir), "--out", str(out)])
+    return made
+
+
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_training_command_shape_of_a_paper_preset_runs_and_reports(preset, tiny_data, tmp_path):
+def test_every_training_command_shape_of_a_paper_preset_runs_and_reports(preset, tiny_data, tmp_path, monkeypatch):
     env = {**cli_env(tmp_path), "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     if preset == "tinyimagenet":  # the ViT experts' weights: absent (one line, before any training), then a stand-in
         runs, jobs, chosen, evaluate, proc = run_preset(preset, tmp_path / "absent", tiny_data, env)
@@ -184,7 +201,17 @@ def test_every_training_command_shape_of_a_paper_preset_runs_and_reports(preset,
     assert "nan" not in (results / "claims.md").read_text()
     if preset == "tinyimagenet":  # the stand-in's weights were what --pretrained loaded
         assert json.loads((runs / "st" / "args.json").read_text())["pretrained"] is True
-    else:  # AT (Sparse): our RA beside the paper's in Table A1 (cifar10); Table A2 has no paper cells on cifar100
+        # as the public code: the router reads, and PGD perturbs, the images resized to 224 x 224
+        state = torch.load(runs / "st" / "ckpt.pt", weights_only=True)["model"]
+        assert state["router.weight"].shape == (4, 3 * 224 * 224)
+        made = perturbations(runs / "st" / "ckpt.pt", tiny_data, tmp_path / "eval224", monkeypatch)
+        assert made and all(d.shape[1:] == (3, 224, 224) and 0 < d.abs().max() <= 2 / 255 + 1e-6 for d in made)
+    else:  # AT (Sparse): our RA, and ours under the AdvMoE code's PGD-10, beside the paper's in Table A1 (cifar10);
+        # Table A2 has no paper cells on cifar100
         table = (results / f"table{'A1' if preset == 'cifar10' else 'A2'}.md").read_text()
         paper = r"\d+\.\d\d ±" if preset == "cifar10" else "n/a"
-        assert re.search(rf"AT \(Sparse\) \| \d+\.\d\d \| {paper}", table), table
+        assert re.search(rf"AT \(Sparse\) \| \d+\.\d\d \| \d+\.\d\d \| {paper}", table), table
+    if preset == "cifar10":  # ST under AutoAttack: ours, ours under the paper's '50-step AutoAttack', the paper's RA
+        table = (results / "table1.md").read_text()
+        assert re.search(r"\| AutoAttack \| \d+\.\d\d \| 92\.14 \| \d+\.\d\d \| \d+\.\d\d \| 14\.25 \|", table), table
+        assert json.loads((runs / "st" / "eval_apgd-ce50.json").read_text())["steps"] == 50

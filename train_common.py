@@ -35,7 +35,7 @@ DEFAULTS = {
     "fashion_mnist": dict(arch="cnn", epochs=30, bs=64, lr=1e-3, eval_n=1000, balance=0.1, channels_last=True),
     "cifar10": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
     "cifar100": dict(arch="resnet18", epochs=130, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
-    # TinyImageNet: batch 512 and the training attack's step 2/255 (= eps) of the paper (appendix A.4) and its code
+    # TinyImageNet: batch 512 and the training attack's step 2/255 (= eps) of the public code (tinyimagenet_RT_ER.py)
     "tinyimagenet": dict(arch="vit_small", epochs=10, bs=512, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False,
                          step_size=2 / 255),
     "imagenet": dict(arch="vit_small", epochs=10, bs=256, lr=1e-4, eval_n=1000, balance=0.01, channels_last=False),
