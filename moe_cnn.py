@@ -3,11 +3,15 @@
 A routed convolution holds E groups of w = round(r * C) output channels (C: the dense layer's width, r: the model
 scale) over the previous layer's w selected channels. One router picks one expert per input for every layer, so an
 input runs a dense network of width r:
-    h_l = W_l[e(x)] * h_(l-1),   e(x) = argmax_i p_i(x),   p = softmax(R(x)),  R a small CNN.
-The router learns through the straight-through factor s = 1 + p_e - stopgrad(p_e) (1 in the forward pass) on each
-selected group. The stem convolution and the shortcuts are dense (shared by the experts), as in the AdvMoE code.
-E = 1 is the dense network of width r: AT (Dense) at r = 1, AT (S-Dense) at r < 1. AT (Sparse) is the full-width
-network with HYDRA-style structured masks keeping round(r * C) channels of every layer (`prune=r`).
+    h_l = W_l[e(x)] * h_(l-1),   e(x) = argmax_i z_i(x),   z = R(x),  p = softmax(z),  R a small CNN.
+The router learns through the straight-through factor s = 1 + z_e - stopgrad(z_e) (1 in the forward pass) on each
+selected group: the AdvMoE code's router (a ResNet-20) and its one-hot gradient to the raw score (router="published",
+ste="logit"), or the runs before it: two convolutions and s = 1 + p_e - stopgrad(p_e), through the softmax
+(router="ours", ste="gate"); ste defaults to the router's own.
+The stem convolution and the shortcuts are dense (shared by the experts), as in the AdvMoE code.
+E = 1 is the dense network of width r: AT (Dense) at r = 1, AT (S-Dense) at r < 1 (stem="scaled": its stem round(r C)
+wide too, as the public code's dense networks). AT (Sparse) is the full-width network with HYDRA-style structured
+masks keeping round(r * C) channels of every layer (`prune=r`).
 Copy it with moe.py (its Normalize layer) into another project: torch only at import.
 """
 from typing import NamedTuple, Optional
@@ -25,6 +29,9 @@ ARCH_CFGS = {
     "moe_wrn28_10": dict(stem=16, widths=(160, 320, 640), blocks=(4, 4, 4), preact=True, pool=1),
 }
 ARCHS = tuple(ARCH_CFGS)
+ROUTERS = ("published", "ours")  # the AdvMoE code's router and straight-through form; those of the runs before it
+STES = ("logit", "gate")  # where the straight-through gradient goes: the raw score (published) or the gate (ours)
+STEMS = ("full", "scaled")  # a dense network's stem: the arch's width, or round(r * C) as the public dense networks
 
 
 def width(channels: int, scale: float) -> int:
@@ -125,7 +132,7 @@ class Block(nn.Module):
 
 
 class Router(nn.Module):
-    """The expert scores R(x): two small convolutions, global pooling, a linear layer."""
+    """Ours (the runs before the published router): R(x) from two small convolutions, global pooling, a linear layer."""
 
     def __init__(self, in_chans: int, experts: int, hidden: int = 16):
         super().__init__()
@@ -139,14 +146,56 @@ class Router(nn.Module):
         return self.net(x)
 
 
+class RouterBlock(nn.Module):
+    """relu(BN(conv(relu(BN(conv(x))))) + shortcut(x)), 3x3 convolutions; where the shape changes the shortcut
+    subsamples x and pads the new channels with zeros (ResNet's option A: no parameters)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.pad = stride, c_out - c_in
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if self.stride != 1 or self.pad:
+            x = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + x)
+
+
+class PublishedRouter(nn.Module):
+    """The AdvMoE code's router (models/layers/router.py), a ResNet-20: a 3x3 stem of 16 channels, three stages of three
+    RouterBlocks of 16, 32 and 64 channels (the last two stride 2), global pooling, a linear layer to the E scores."""
+
+    def __init__(self, in_chans: int, experts: int, blocks: int = 3):
+        super().__init__()
+        layers, c_in = [nn.Conv2d(in_chans, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+        for i, c_out in enumerate((16, 32, 64)):
+            for b in range(blocks):
+                layers.append(RouterBlock(c_in, c_out, 2 if i and b == 0 else 1))
+                c_in = c_out
+        # PyTorch's default initialisation, as there: the code initialises the network before it attaches the router
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, experts))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class MoECNN(nn.Module):
     """F(x) = the pathway of expert e(x) through every routed layer (see the module docstring)."""
 
     def __init__(self, arch: str, experts: int, scale: float, num_classes: int, in_shape, mean=None, std=None,
-                 prune: Optional[float] = None):
+                 prune: Optional[float] = None, router: str = "published", stem: str = "full",
+                 ste: Optional[str] = None):
         super().__init__()
         if arch not in ARCH_CFGS:
             raise ValueError(f"unknown MoE-CNN arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        ste = ste or ("logit" if router == "published" else "gate")
+        if router not in ROUTERS or stem not in STEMS or ste not in STES:
+            raise ValueError(f"router must be one of {', '.join(ROUTERS)}, stem one of {', '.join(STEMS)}, ste one of "
+                             f"{', '.join(STES)}; got {router!r}, {stem!r}, {ste!r}")
         if experts < 1:
             raise ValueError(f"an MoE-CNN needs at least 1 expert, got {experts}")
         if not 0 < scale <= 1:
@@ -156,18 +205,20 @@ class MoECNN(nn.Module):
                              f"keep in (0, 1]; got experts {experts}, scale {scale}, keep {prune}")
         cfg, (channels, size, _) = ARCH_CFGS[arch], in_shape
         self.arch, self.num_experts, self.scale, self.prune, self.topk = arch, experts, scale, prune, 1
-        self.num_classes, self.in_shape = num_classes, tuple(in_shape)
+        self.num_classes, self.in_shape, self.ste = num_classes, tuple(in_shape), ste
         self.normalize = Normalize(mean or [0.0] * channels, std or [1.0] * channels)
-        self.router = Router(channels, experts) if experts > 1 else None
+        self.router = (PublishedRouter if router == "published" else Router)(channels, experts) if experts > 1 else None
         big = size >= 128  # ImageNet-sized inputs: the 7x7 stride-2 stem and max-pool
-        self.stem = nn.Sequential(nn.Conv2d(channels, cfg["stem"], 7 if big else 3, 2 if big else 1, 3 if big else 1,
+        # the public code's dense networks scale the stem with the rest; its ResNet MoE keeps it full (64)
+        stem_w = width(cfg["stem"], scale) if stem == "scaled" and experts == 1 and prune is None else cfg["stem"]
+        self.stem = nn.Sequential(nn.Conv2d(channels, stem_w, 7 if big else 3, 2 if big else 1, 3 if big else 1,
                                             bias=False),
-                                  *([] if cfg["preact"] else [nn.BatchNorm2d(cfg["stem"]), nn.ReLU()]),
+                                  *([] if cfg["preact"] else [nn.BatchNorm2d(stem_w), nn.ReLU()]),
                                   *([nn.MaxPool2d(3, 2, 1)] if big else []))
         # a shortcut convolution where the full-width or the scaled shapes change. A pruned network has exactly the
         # full-width network's layers, so AT (Dense) loads into it whole; where only its kept channels change (ResNet's
         # stage 0: stem 64 -> 32 kept) its identity is masked, and compact() writes that selection as a 1x1 conv
-        stages, c_in, dense_in = [], cfg["stem"], cfg["stem"]
+        stages, c_in, dense_in = [], stem_w, cfg["stem"]
         for i, (dense, blocks) in enumerate(zip(cfg["widths"], cfg["blocks"])):
             w = width(dense, scale)
             stages.append(nn.ModuleList(
@@ -187,11 +238,15 @@ class MoECNN(nn.Module):
 
     # -- routing
 
+    def router_logits(self, x):
+        """The router's raw scores z = R(x), (B, E), on the normalised input."""
+        return self.router(self.normalize(x))
+
     def gates(self, x):
-        """Router weights p(x), (B, E); a single column of ones for a dense network."""
+        """Router weights p(x) = softmax(z), (B, E); a single column of ones for a dense network."""
         if self.router is None:
             return x.new_ones(len(x), 1)
-        return F.softmax(self.router(self.normalize(x)), dim=1)
+        return F.softmax(self.router_logits(x), dim=1)
 
     def forward_with_routing(self, x, masked: bool = False):
         """(logits, gates, top-1 index (B, 1)); masked=True runs every expert on every row and keeps each row's group
@@ -200,9 +255,13 @@ class MoECNN(nn.Module):
         if self.router is None:
             return self.body(h, None), x.new_ones(len(x), 1), torch.zeros(len(x), 1, dtype=torch.long,
                                                                           device=x.device)
-        gates = F.softmax(self.router(h), dim=1)
-        idx = gates.argmax(1)
-        ste = (1 + gates - gates.detach()).gather(1, idx[:, None]).view(-1, 1, 1, 1)
+        logits = self.router(h)
+        gates = F.softmax(logits, dim=1)
+        # straight through on the raw score (logit: the AdvMoE code hands the one-hot's gradient to the logit) or on
+        # the gate (the gradient passes through the softmax)
+        score = logits if self.ste == "logit" else gates
+        idx = score.argmax(1)
+        ste = (1 + score - score.detach()).gather(1, idx[:, None]).view(-1, 1, 1, 1)
         if masked:
             return self.body(h, Route(None, idx, ste)), gates, idx[:, None]
         order = idx.argsort(stable=True)  # rows grouped by expert: each routed layer makes one call per expert
@@ -279,9 +338,10 @@ def select(shortcut: nn.Sequential, keep: torch.Tensor, c_in: int) -> None:
 
 
 def build_moe_cnn(arch: str, experts: int, scale: float, num_classes: int, in_shape, mean=None, std=None,
-                  prune: Optional[float] = None) -> MoECNN:
+                  prune: Optional[float] = None, router: str = "published", stem: str = "full",
+                  ste: Optional[str] = None) -> MoECNN:
     """An MoE-CNN (experts >= 2), a dense network of width `scale` (experts 1) or a sparse one (prune = keep)."""
-    return MoECNN(arch, experts, scale, num_classes, in_shape, mean, std, prune)
+    return MoECNN(arch, experts, scale, num_classes, in_shape, mean, std, prune, router, stem, ste)
 
 
 # ----------------------------------------------------------------------------- cost

@@ -1,5 +1,6 @@
 """losses.py against hand computations: TRADES, RT-ER (every flag), RT-ER with beta = 0 is AT, and the
-AdvMoE partial steps (router or experts alone)."""
+AdvMoE partial steps (router or experts alone) and the AdvMoE code's objective (joint attack, router loss)."""
+import copy
 import types
 
 import pytest
@@ -214,3 +215,64 @@ def test_advmoe_steps_touch_only_their_own_parameters():
     moved = {i for i, (s, e) in enumerate(zip(experts1, model.experts)) if any(changed(s, e))}
     assert moved == routed, (moved, routed)  # every expert given rows is updated, the others are not
     assert moved
+
+
+# ----------------------------------------------------------------------------- AdvMoE, the public code's objective
+
+def small_moe_cnn(seed=0):
+    from moe_cnn import build_moe_cnn
+    torch.manual_seed(seed)
+    return build_moe_cnn("moe_cnn", 3, 0.5, 10, (1, 8, 8)).eval()
+
+
+def test_advmoe_joint_attack_is_trades_attack_when_the_router_ignores_its_input():
+    """The router's KL adds nothing to the attack's gradient when its scores do not depend on x: the same steps as
+    TRADES' attack from the same start. With a live router it stays in the ball and raises the summed KLs."""
+    model, x = small_moe_cnn(), torch.rand(16, 1, 8, 8)
+    model.router.net[-1].weight.data.zero_()
+    torch.manual_seed(3)
+    joint = losses.advmoe_perturb(model, x, EPS, STEP, STEPS)
+    torch.manual_seed(3)
+    assert torch.equal(joint, attacks.trades_perturb(model, x, EPS, STEP, STEPS))
+
+    model = small_moe_cnn(1)
+    x_adv = losses.advmoe_perturb(model, x, EPS, STEP, STEPS)
+    assert (x_adv - x).abs().max() <= EPS + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
+
+    def kls(z):
+        with torch.no_grad():
+            return sum(hand_kl(f(x), f(z)) for f in (model, model.router_logits))
+    assert kls(x_adv) > kls(x + 0.001 * torch.randn_like(x)).clamp(min=0)
+
+
+def test_advmoe_router_loss_is_ce_to_label_mod_e_plus_router_kl_and_trains_the_router_alone():
+    model, (x, y) = small_moe_cnn().train(), (torch.rand(12, 1, 8, 8), torch.arange(12) % 10)
+    with torch.no_grad():  # no attack: x' = x, the KL is 0
+        loss = losses.advmoe_router_loss(model, x, y, EPS, STEP, 0, alpha=6.0, balance=0.0)
+        torch.testing.assert_close(loss, hand_ce(model.router_logits(x), y % 3))
+    ref = copy.deepcopy(model)  # the loss's train-mode passes move BatchNorm's running statistics
+    torch.manual_seed(0)
+    loss = losses.advmoe_router_loss(model, x, y, EPS, STEP, STEPS, alpha=6.0, balance=BALANCE)
+    torch.manual_seed(0)
+    x_adv = losses.advmoe_perturb(ref, x, EPS, STEP, STEPS)
+    with torch.no_grad():
+        z, z_adv = ref.router_logits(x), ref.router_logits(x_adv)
+        gates = torch.softmax(z, 1)
+        hand = hand_ce(z, y % 3) + 6.0 * hand_kl(z, z_adv) / 12 + BALANCE * moe.balance_loss(gates, z.argmax(1, True))
+    torch.testing.assert_close(loss.detach(), hand, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert all(q.grad is not None for q in model.router.parameters())
+    assert all(q.grad is None for n, q in model.named_parameters() if not n.startswith("router."))
+
+
+def test_advmoe_backbone_loss_is_trades_at_the_joint_attacks_point():
+    model, (x, y) = small_moe_cnn().train(), (torch.rand(12, 1, 8, 8), torch.arange(12) % 10)
+    ref = copy.deepcopy(model)
+    torch.manual_seed(0)
+    loss = losses.advmoe_backbone_loss(model, x, y, EPS, STEP, STEPS, beta=BETA, balance=BALANCE)
+    torch.manual_seed(0)
+    x_adv = losses.advmoe_perturb(ref, x, EPS, STEP, STEPS)
+    with torch.no_grad():
+        logits, gates, idx = ref.forward_with_routing(x)
+        hand = hand_ce(logits, y) + BETA * hand_kl(logits, ref(x_adv)) / 12 + BALANCE * moe.balance_loss(gates, idx)
+    torch.testing.assert_close(loss.detach(), hand, rtol=1e-5, atol=1e-6)

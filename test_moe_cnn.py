@@ -87,7 +87,7 @@ def test_batched_routing_equals_routing_row_by_row():
 
 
 def test_router_learns_through_the_straight_through_mask():
-    """Hard top-1 routing has no gradient; the factor 1 + p_e - stopgrad(p_e) gives the router one (and is 1)."""
+    """Hard top-1 routing has no gradient; the factor 1 + z_e - stopgrad(z_e) gives the router one (and is 1)."""
     model = spread_router(build_moe_cnn("moe_cnn", 4, 0.5, 10, DIGITS)).train()
     x, y = torch.rand(8, *DIGITS), torch.randint(0, 10, (8,))
     F.cross_entropy(model(x), y).backward()
@@ -201,6 +201,8 @@ def test_moe_cnn_runs_take_the_seeds_optimiser_settings_by_default(tmp_path):
     ("train_at", ["--method", "at", "--topk", "2"], "top-1"),
     ("train_at", ["--method", "at", "--arch", "cnn", "--scale", "0.5"], "MoE-CNN archs"),
     ("train_sparse", ["--epochs", "2", "--mask-epochs", "2"], "--mask-epochs"),
+    ("train_advmoe", ["--router-loss", "published", "--loss", "at"], "TRADES"),
+    ("train_advmoe", ["--router-loss", "published", "--arch", "cnn"], "MoE-CNN"),
 ])
 def test_bad_moe_cnn_flags_are_one_line(tmp_path, script, argv, message):
     with pytest.raises(ValueError, match=message) as err:
@@ -222,7 +224,95 @@ def test_eval_attacks_an_moe_cnn_whole_and_counts_its_gmacs(tmp_path):
     result = evaluate.main(["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--n", "30"])["pgd"]
     assert set(result["correct"]) == {"clean", "whole"} and result["ra"] <= result["sa"]
     assert 0 < result["gmacs"]["pathway"] < result["gmacs"]["masked"]
-    for argv, words in ((["--targets", "experts"], "do not fit an MoE-CNN"), (["--attack", "adaptive"], "pgd or aa")):
+    for argv, words in ((["--targets", "experts"], "do not fit an MoE-CNN"),
+                        (["--attack", "adaptive"], "takes pgd, aa, apgd-ce50")):
         with pytest.raises(ValueError, match=words) as err:
             evaluate.main(["--ckpt", str(out / "ckpt.pt"), *argv])
         assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the published router and stem
+
+def test_published_router_is_the_advmoe_codes_resnet20_with_parameter_free_shortcuts():
+    from moe_cnn import PublishedRouter, RouterBlock
+    router = PublishedRouter(3, 4).eval()
+    convs = [m for m in router.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16] * 7 + [32] * 6 + [64] * 6  # stem + 3 stages x 3 blocks x 2
+    assert all(c.kernel_size == (3, 3) and c.bias is None for c in convs)
+    assert [c.stride[0] for c in convs].count(2) == 2 and router.net[-1].in_features == 64
+    blocks = [m for m in router.modules() if isinstance(m, RouterBlock)]
+    assert sum(p.numel() for b in blocks for p in b.parameters()) == sum(
+        p.numel() for b in blocks for m in (b.conv1, b.bn1, b.conv2, b.bn2) for p in m.parameters())
+    block = blocks[3]  # 16 -> 32, stride 2: with its convolutions at zero it is relu(shortcut(x))
+    for conv in (block.conv1, block.conv2):
+        conv.weight.data.zero_()
+    x = torch.randn(2, 16, 8, 8)
+    out = block(x)
+    torch.testing.assert_close(out[:, 8:24], F.relu(x[:, :, ::2, ::2]))  # subsampled, zero-padded 8 + 8 channels
+    assert out[:, :8].abs().sum() == 0 and out[:, 24:].abs().sum() == 0
+
+
+def router_logits_grad(model, x, y, ste):
+    """(dL/dz, z) of the router's scores z under the straight-through form `ste`."""
+    model.ste, seen = ste, []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        seen.append(out)
+    handle = model.router.register_forward_hook(keep)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    handle.remove()
+    return seen[0].grad, seen[0].detach()
+
+
+def test_published_straight_through_hands_the_one_hot_gradient_to_the_raw_score():
+    """Published (the AdvMoE code's GetMask): dL/dz is g on the selected score and 0 elsewhere, g = dL/ds. Ours passes
+    the same g through the softmax: dL/dz = g p_e (onehot_e - p)."""
+    model = spread_router(build_moe_cnn("moe_cnn", 4, 0.5, 10, DIGITS)).train()
+    x, y = torch.rand(16, *DIGITS), torch.randint(0, 10, (16,))
+    assert model.ste == "logit"  # the published router's own
+    published, z = router_logits_grad(model, x, y, "logit")
+    ours, _ = router_logits_grad(model, x, y, "gate")
+    idx = z.argmax(1, keepdim=True)
+    onehot = torch.zeros_like(z).scatter_(1, idx, 1.0)
+    assert published[onehot == 0].abs().max() == 0 and published.gather(1, idx).abs().min() > 0
+    p = F.softmax(z, dim=1)
+    torch.testing.assert_close(ours, published.gather(1, idx) * p.gather(1, idx) * (onehot - p))
+
+
+def test_s_dense_scaled_stem_and_the_published_routers_gmacs():
+    """At the paper's shape (32x32, r = 0.5) S-Dense with the public code's stem has 0.14 GMACs; the MoE-CNN's pathway
+    is the dense network of width r (full stem, as the public MoE) plus its router, whichever the router."""
+    x = torch.rand(2, 3, 32, 32)
+    full = gflops(build_moe_cnn("moe_resnet18", 1, 0.5, 10, (3, 32, 32)), x)["pathway"]
+    scaled_net = build_moe_cnn("moe_resnet18", 1, 0.5, 10, (3, 32, 32), stem="scaled")
+    assert scaled_net.stem[0].out_channels == 32 and round(gflops(scaled_net, x)["pathway"], 2) == 0.14 < full
+    for kind in ("published", "ours"):
+        moe = build_moe_cnn("moe_resnet18", 4, 0.5, 10, (3, 32, 32), router=kind, stem="scaled")
+        assert moe.stem[0].out_channels == 64  # an MoE keeps the full stem
+        assert gflops(moe, x)["pathway"] == pytest.approx(full + gflops(moe.router, x)["pathway"])
+
+
+def test_runs_record_router_and_stem_and_older_checkpoints_rebuild_ours(tmp_path):
+    """New runs: the published router and S-Dense's scaled stem, recorded in args; a checkpoint whose args lack them
+    (made before) rebuilds the two-convolution router (its straight-through form) and the full stem, and loads."""
+    from moe_cnn import PublishedRouter, Router
+    runs = {"advmoe": (train_advmoe, []), "advmoe_ours": (train_advmoe, ["--router", "ours"]),
+            "sdense": (train_at, ["--method", "at", "--experts", "1"]),
+            "sdense_full": (train_at, ["--method", "at", "--experts", "1", "--stem", "full"])}
+    x = torch.rand(4, *DIGITS)
+    for name, (script, argv) in runs.items():
+        trained = script.main([*TINY, "--epochs", "1", *argv, "--out", str(tmp_path / name)]).eval()
+        path = tmp_path / name / "ckpt.pt"
+        if name.endswith(("_ours", "_full")):  # as an older run wrote it
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            del ckpt["args"]["router" if name == "advmoe_ours" else "stem"]
+            torch.save(ckpt, path)
+        model, _ = model_from_checkpoint(str(path))
+        torch.testing.assert_close(model.eval()(x), trained(x))
+        if name.startswith("advmoe"):
+            assert type(model.router) is (PublishedRouter if name == "advmoe" else Router)
+            assert model.ste == ("logit" if name == "advmoe" else "gate")  # each router's own straight-through form
+        else:
+            assert model.stem[0].out_channels == (8 if name == "sdense" else 16)

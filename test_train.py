@@ -430,3 +430,4 @@ def test_train_cli_writes_checkpoint_and_log(train_cli, name, method):
 def test_bad_input_gives_one_line_error(train_cli, name):
     assert_refused(train_cli.procs[name].result(), {**BAD_TRAIN, **BAD_JTDMOE}[name][2])
     assert not (train_cli.tmp / name / "ckpt.pt").exists()
+
