@@ -25,7 +25,15 @@ CURVE = $(call pick,--eval-n 60 --eval-steps 3$(if $(filter a1%,$1),, --steps 2)
   --eval-n 1000,--eval-n 500 --eval-steps 10 --eval-every 3)
 PRETRAINED ?= --pretrained# ViT experts from the hub (timm); run_all.sh --no-pretrained empties it
 PAPER := $(if $(filter digits fashion_mnist,$(PRESET)),,--data-dir $(or $(DATA),data))# the data flag of a paper preset
-EVAL := $(PAPER)
+# TinyImageNet / ImageNet as the public code attacks them: eps and step 2/255 (the final PGD too), in 224-pixel space
+# (data.py resizes on the device), batch 512
+VIT_PGD := $(if $(filter tinyimagenet imagenet,$(PRESET)),--step-size 0.00784314)
+VIT_TRAIN := $(if $(VIT_PGD),--bs 512 $(VIT_PGD))
+EVAL := $(PAPER) $(VIT_PGD)
+# the papers' own attacks beside ours on the paper presets: the ICML paper's '50-step AutoAttack' (APGD-CE, 50
+# iterations) on every run that faces AutoAttack, the AdvMoE code's PGD-10 (CE + 6 CE(router, y mod E)) on Tables A1/A2
+ICML_AA := $(if $(PAPER),apgd-ce50)
+ADVMOE_PGD := $(if $(PAPER),pgd10-advmoe)
 GPU := $(if $(filter cifar%,$(PRESET)),--amp --channels-last,--amp)
 # a run's model: Tables A1 / A2 (a1_*, a2_*; a1w_*, a2w_*: WRN-28-10) the MoE-CNN family, else the preset's experts
 arch = $(if $(filter a1w_% a2w_%,$1),--arch moe_wrn28_10,$(if $(filter a1_% a2_%,$1),--arch $(if $(PAPER),moe_resnet18,\
@@ -35,7 +43,7 @@ table_epochs = $(if $(filter jtdmoe_%,$1),$(JT_EPOCHS),$(if $(filter a1%,$1),$(C
 # AT (Sparse): its table's epochs for the masks, as many for the fine-tuning (quick: one each)
 epochs = $(if $(findstring _sparse,$1),$(if $(QUICK),2,$(shell expr 2 \* $(call table_epochs,$1))),\
   $(call table_epochs,$1))
-train = $(if $(PAPER),--dataset $(PRESET) $(call arch,$1) $(GPU) $(PAPER),$(call arch,$1) $(if $(FASHION),--dataset \
+train = $(if $(PAPER),--dataset $(PRESET) $(call arch,$1) $(GPU) $(PAPER) $(VIT_TRAIN),$(call arch,$1) $(if $(FASHION),--dataset \
   fashion_mnist --data-dir $(or $(DATA),data) --train-n $(TRAIN_N)) $(if $(QUICK),--bs 256)) $(CURVE)
 EVAL_N ?= $(call pick,40,0,0,2000)# test points of the final evaluations (0: all)
 AA_N ?= $(call pick,20,100,0,200)
@@ -91,17 +99,18 @@ $(call experiment, at,              pgd adaptive,  train_at.py --method at)
 $(call experiment, rter,            pgd adaptive,  train_rter.py --beta 6)
 $(call experiment, trades,          pgd adaptive,  train_at.py --method trades)
 else ifneq ($(PRESET),cifar100)  # (CIFAR-100: Table A2 only) order = priority: the runs others depend on first
-# every run a worst-case claim compares faces the same attacks: pgd aa smooth adaptive
-$(call experiment, st,              pgd aa smooth adaptive, train_st.py)
-$(call experiment, rter,            pgd aa smooth adaptive, train_rter.py --beta 6)
-$(call experiment, at,              pgd aa smooth adaptive, train_at.py --method at)
-$(call experiment, dual_pretrained, pgd aa,)
-$(call experiment, jtdmoe_a0.7,     pgd aa,        train_jtdmoe.py --alpha 0.7)
-$(call experiment, jtdmoe_pub_a0.7, pgd aa,        train_jtdmoe.py --alpha 0.7 --upper std --kl-experts all)
-$(call experiment, trades,          pgd aa smooth adaptive, train_at.py --method trades)
-$(call experiment, advmoe,          pgd aa smooth adaptive, train_advmoe.py)
-$(call experiment, rter_top2,       pgd aa smooth adaptive, train_rter.py --beta 6 --topk 2)
-$(call experiment, at_top2,         pgd aa smooth adaptive, train_at.py --method at --topk 2)
+# every run a worst-case claim compares faces the same attacks: pgd aa smooth adaptive (paper presets: and apgd-ce50)
+$(call experiment, st,              pgd aa $(ICML_AA) smooth adaptive, train_st.py)
+$(call experiment, rter,            pgd aa $(ICML_AA) smooth adaptive, train_rter.py --beta 6)
+$(call experiment, at,              pgd aa $(ICML_AA) smooth adaptive, train_at.py --method at)
+$(call experiment, dual_pretrained, pgd aa $(ICML_AA),)
+$(call experiment, jtdmoe_a0.7,     pgd aa $(ICML_AA), train_jtdmoe.py --alpha 0.7)
+$(call experiment, jtdmoe_pub_a0.7, pgd aa $(ICML_AA), train_jtdmoe.py --alpha 0.7 --upper std --kl-experts all \
+  --optimizers one)
+$(call experiment, trades,          pgd aa $(ICML_AA) smooth adaptive, train_at.py --method trades)
+$(call experiment, advmoe,          pgd aa $(ICML_AA) smooth adaptive, train_advmoe.py)
+$(call experiment, rter_top2,       pgd aa $(ICML_AA) smooth adaptive, train_rter.py --beta 6 --topk 2)
+$(call experiment, at_top2,         pgd aa $(ICML_AA) smooth adaptive, train_at.py --method at --topk 2)
 ifeq ($(FASHION),)  # the sweeps: Figure 7 (alpha), Table 9 (beta; the KL over every expert), Table 8 (E)
 $(foreach a,0.5 0.6 0.8,$(call experiment, jtdmoe_a$a, pgd, train_jtdmoe.py --alpha $a))
 $(foreach b,1 3 6 9,$(call experiment, rter_b$b, pgd, train_rter.py --beta $b --kl-experts all))
@@ -121,8 +130,10 @@ cnn = $(call experiment, $1_sdense$5, $2, train_at.py --method trades --experts 
 dense = $(call experiment, $1_dense, $2, train_at.py --method trades --experts 1 --scale 1 $3)
 STEPS2 := --steps 2 --step-size $(if $(PAPER),0.0196078,0.09375)
 ifneq ($(filter digits cifar10,$(PRESET)),)
-$(foreach b,a1 $(if $(PAPER),a1w),$(call dense,$b,pgd aa,--steps 10)$(call cnn,$b,pgd aa,--steps 10,0.5))
+$(foreach b,a1 $(if $(PAPER),a1w),$(call dense,$b,pgd aa $(ADVMOE_PGD),--steps 10)$(call cnn,$b,pgd aa $(ADVMOE_PGD),\
+  --steps 10,0.5))
 endif
 ifneq ($(filter digits cifar10 cifar100,$(PRESET)),)
-$(foreach b,a2 $(if $(PAPER),a2w),$(call dense,$b,pgd,$(STEPS2))$(foreach r,$(SCALES),$(call cnn,$b,pgd,$(STEPS2),$r,_r$r)))
+$(foreach b,a2 $(if $(PAPER),a2w),$(call dense,$b,pgd $(ADVMOE_PGD),$(STEPS2))$(foreach r,$(SCALES),$(call cnn,$b,\
+  pgd $(ADVMOE_PGD),$(STEPS2),$r,_r$r)))
 endif

@@ -1,9 +1,10 @@
-"""l_inf attacks on MoE models and their components: PGD, TRADES inner max, AutoAttack, robust accuracy.
+"""l_inf attacks on MoE models and their components: PGD, TRADES inner max, AutoAttack, the papers' own
+evaluations (APGD-CE-50, the AdvMoE code's PGD-10), robust accuracy.
 
 Attacks are plain functions over an objective callable x -> logits (AutoAttack reference style).
 A *target* names what the attacker differentiates through (SPEC section 5); whatever the target,
 accuracy is always measured on the full model at the perturbed input.
-Stands alone: torch at import time, the AutoAttack package only inside `autoattack`.
+Stands alone: torch at import time, the AutoAttack package only inside `reference_attack`.
 """
 import contextlib
 import logging
@@ -201,18 +202,13 @@ class TaggedObjective:
 AA_VERSIONS = ("standard", "quick")  # quick: APGD-CE alone, 10 iterations (smoke runs)
 
 
-def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int = 250, seed: int = 0,
-               version: str = "standard"):
-    """AutoAttack (reference code) on one target; returns x_adv.
-
-    standard: APGD-CE, APGD-T, FAB-T, Square; quick: APGD-CE with 10 iterations, for smoke runs only.
-    """
+def reference_attack(model, x, y, target: str, eps: float, bs: int, seed: int, apgd_iters=None):
+    """x_adv = x + d, ||d||_inf <= eps, in [0, 1], from the reference AutoAttack on one target: its standard suite, or
+    (apgd_iters) APGD-CE alone, max_d CE(target(x + d), y), one restart of that many iterations."""
     from pyautoattack import AutoAttack
 
     check_budget(eps)
-    if version not in AA_VERSIONS:
-        raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {', '.join(AA_VERSIONS)}")
-    if eps == 0:
+    if eps == 0 or apgd_iters == 0:
         return x.detach().clone()
     if eps >= 0.5 and target in ("experts", "router"):
         raise ValueError("AutoAttack on frozen-routing targets needs eps < 0.5")
@@ -224,15 +220,57 @@ def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int
             objective, x_in = target_objective(model, target, x), x.detach()
         def logits(z):  # AutoAttack's own buffers are fp32, whatever autocast computes the model in
             return objective(z).float()
-        if version == "standard":
+        if apgd_iters is None:
             adversary = AutoAttack(logits, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
         else:
             adversary = AutoAttack(logits, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"],
                                    seed=seed, device=x.device)
-            adversary.apgd.n_iter, adversary.apgd.n_restarts = 10, 1
+            adversary.apgd.n_iter, adversary.apgd.n_restarts = apgd_iters, 1
         adversary.verbose = False
         x_adv = adversary.run_standard_evaluation(x_in, y, batch_size=bs)[0].detach()
     return project(x_adv[:, :x.shape[1]], x, eps)
+
+
+def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int = 250, seed: int = 0,
+               version: str = "standard"):
+    """AutoAttack (reference code) on one target; returns x_adv.
+
+    standard: APGD-CE, APGD-T, FAB-T, Square; quick: APGD-CE with 10 iterations, for smoke runs only.
+    """
+    if version not in AA_VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {', '.join(AA_VERSIONS)}")
+    return reference_attack(model, x, y, target, eps, bs, seed, None if version == "standard" else 10)
+
+
+def apgd_ce(model, x, y, target: str = "whole", eps: float = 8 / 255, iters: int = 50, bs: int = 250, seed: int = 0):
+    """APGD-CE alone (reference code, one restart): max_{||d||_inf <= eps} CE(F(x + d), y) in `iters` steps of size
+    2 eps, halved at APGD's checkpoints where the loss stalls, with momentum 0.75; returns x_adv. 50 iterations:
+    the ICML paper's '50-step AutoAttack'."""
+    check_budget(eps, steps=iters)
+    return reference_attack(model, x, y, target, eps, bs, seed, iters)
+
+
+# ----------------------------------------------------------------------------- the AdvMoE code's evaluation
+
+ADVMOE_BETA = 6.0  # the AdvMoE code's --beta (its TRADES beta), which its PGD evaluation reuses as the router's weight
+
+
+def advmoe_loss(model, beta: float = ADVMOE_BETA):
+    """(z, y) -> sum_rows CE(F(z), y) + beta CE(R(z), y mod E), R the router's logits: the loss of the AdvMoE code's
+    PGD evaluation (a dense network, E = 1: CE alone)."""
+    def loss(z, y):
+        logits, gates = model.forward_with_routing(z)[:2]
+        # CE of the router's logits is -log of their softmax, the gates; the clamp only keeps log(0) finite
+        route = F.nll_loss(gates.clamp_min(1e-30).log(), y % gates.shape[1], reduction="sum")
+        return F.cross_entropy(logits, y, reduction="sum") + beta * route
+    return loss
+
+
+def advmoe_pgd(model, x, y, eps: float = 8 / 255, step: float = 2 / 255, steps: int = 10,
+               beta: float = ADVMOE_BETA):
+    """The AdvMoE code's PGD evaluation: x + d, d uniform in the eps-ball, then `steps` signed steps up advmoe_loss,
+    each projected; returns x_adv. 10 steps of 2/255 at eps 8/255, beta 6: its PGD-10 (pgd10-advmoe)."""
+    return pgd(lambda z: z, x, y, eps, step, steps, loss_fn=advmoe_loss(model, beta), model=model)
 
 
 # ----------------------------------------------------------------------------- accuracy under attack
@@ -240,6 +278,10 @@ def autoattack(model, x, y, target: str = "whole", eps: float = 8 / 255, bs: int
 def top1_expert(model, x):
     """Index of the largest gate per row."""
     return model.gates(x).argmax(1)
+
+
+# the papers' own attacks, named for what they are: their iterations, fixed by the name (eval.py --attack)
+PAPER_STEPS = {"apgd-ce50": 50, "pgd10-advmoe": 10}
 
 
 def adversarial_batches(model, x, y, target: str, attack_name: str = "pgd", eps: float = 8 / 255,
@@ -251,10 +293,15 @@ def adversarial_batches(model, x, y, target: str, attack_name: str = "pgd", eps:
             x_adv = attack(model, x[rows], y[rows], target, eps, step, steps)
         elif attack_name == "aa":
             x_adv = autoattack(model, x[rows], y[rows], target, eps, bs, version=aa_version)
+        elif attack_name == "apgd-ce50":
+            x_adv = apgd_ce(model, x[rows], y[rows], target, eps, PAPER_STEPS[attack_name], bs)
         elif attack_name == "adaptive" and target == "whole":
             x_adv = adaptive_attack(model, x[rows], y[rows], eps, step, steps)
+        elif attack_name == "pgd10-advmoe" and target == "whole":
+            x_adv = advmoe_pgd(model, x[rows], y[rows], eps, step, PAPER_STEPS[attack_name])
         else:
-            raise ValueError(f"unknown attack {attack_name!r} on {target!r}; choose pgd or aa, or adaptive on whole")
+            raise ValueError(f"unknown attack {attack_name!r} on {target!r}; choose pgd, aa or apgd-ce50, or adaptive "
+                             "or pgd10-advmoe on whole")
         yield rows, x_adv
 
 

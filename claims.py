@@ -114,11 +114,18 @@ def seeds_of(runs: dict, run: str) -> dict:
     return found
 
 
+PAPER_ATTACK_NAMES = {"apgd-ce50": "APGD-CE-50 (the ICML paper's)",
+                      "pgd10-advmoe": "PGD-10 on CE + 6 CE(router) (the AdvMoE code's)"}
+
+
 def attack_name(ev: dict) -> str:
-    """How eval.py ran an attack, from its JSON: PGD-50, AutoAttack (version), smooth PGD-50, adaptive PGD-50."""
+    """How eval.py ran an attack, from its JSON: PGD-50, AutoAttack (version), smooth PGD-50, adaptive PGD-50, and
+    the papers' own: APGD-CE-50, the AdvMoE code's PGD-10."""
     attack, steps = ev.get("attack", "?"), ev.get("steps", "?")
     if attack == "aa":
         return f"AutoAttack {ev.get('aa_version') or '(standard)'}"
+    if attack in PAPER_ATTACK_NAMES:
+        return PAPER_ATTACK_NAMES[attack]
     return {"pgd": "", "smooth": "smooth ", "adaptive": "adaptive "}.get(attack, f"{attack} ") + f"PGD-{steps}"
 
 

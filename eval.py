@@ -3,6 +3,8 @@
 Single MoE:  SA, RA (whole), RA-E (experts), RA-R (router), routing consistency; `adaptive` attacks hard routing.
 Dual model:  SA, RA (dual), RA-RMoE, RA-SMoE for each alpha, and per-class margins of the robust MoE.
 MoE-CNN (moe_cnn.py: AdvMoE's MoE, dense and sparse networks): SA, RA, and GMACs per image (pathway and masked).
+The papers' own attacks, for their columns: apgd-ce50 (the ICML paper's '50-step AutoAttack': APGD-CE, 50 iterations)
+and pgd10-advmoe (the AdvMoE code's PGD-10 on CE(F(x+d), y) + 6 CE(router(x+d), y mod E); single models).
 Each attack writes OUT/eval_<attack>.json and .md (OUT: the run folder of --ckpt; for --std/--rob a
 folder of its own beside the robust run, dual_<std run>+<rob run>), with every test point's outcome, so that
 RA (worst), the points surviving every attack run on the model so far, is printed after each attack.
@@ -22,19 +24,29 @@ from tqdm import tqdm
 import data
 import checkpoint
 import cli
-from attacks import AA_VERSIONS, adversarial_batches, clean_correct, eval_mode, evaluate_attack, robust_correct
+from attacks import (AA_VERSIONS, ADVMOE_BETA, PAPER_STEPS, adversarial_batches, clean_correct, eval_mode,
+                     evaluate_attack, robust_correct)
 from moe import DualMoE, check_alpha
 from moe_cnn import MoECNN, gflops
 from outcomes import EVAL_NAME, accuracy, worst_case
 
 SINGLE_TARGETS = {"pgd": ("whole", "experts", "router"), "aa": ("whole", "experts", "router"),
-                  "smooth": ("smooth", "experts", "router"), "adaptive": ("whole",)}
+                  "smooth": ("smooth", "experts", "router"), "adaptive": ("whole",),
+                  "apgd-ce50": ("whole", "experts", "router"), "pgd10-advmoe": ("whole",)}
+AA_FAMILY = ("aa", "apgd-ce50")  # AutoAttack's code, and its cost: --aa-n, --aa-targets and --aa-alphas apply
+SINGLE_ONLY = ("smooth", "adaptive", "pgd10-advmoe")  # attacks defined on one MoE's experts or router
 DUAL_TARGETS = ("dual", "rmoe", "smoe")
 ALPHA_FREE = ("rmoe", "smoe")  # attacks on one MoE of the pair: one attack serves every alpha
 COLUMN = {"whole": "ra", "smooth": "ra", "dual": "ra", "experts": "ra_e", "router": "ra_r",
           "rmoe": "ra_rmoe", "smoe": "ra_smoe"}
 # what the JSON says of a cut-down AutoAttack; the standard version gets no key (report titles rely on it)
 AA_VERSION_NOTE = {"quick": "quick: APGD-CE only, 10 iterations"}
+# what the JSON says of the papers' own attacks (key "about")
+PAPER_ATTACK_NOTE = {
+    "apgd-ce50": "APGD-CE alone (pyautoattack, custom version), 50 iterations, 1 restart, step 2 eps halved on APGD's "
+                 "schedule: the ICML paper's '50-step AutoAttack'",
+    "pgd10-advmoe": f"the AdvMoE code's PGD-10 (utils/eval_utils.py adv_val): uniform start, 10 signed steps on "
+                    f"CE(F(x+d), y) + {ADVMOE_BETA:g} CE(router(x+d), y mod E)"}
 
 
 def result_name(attack: str) -> str:
@@ -82,8 +94,11 @@ def parse_args(argv=None):
     p.add_argument("--combine", choices=("logits", "probs"), default=None,
                    help="dual models (default logits or the JTDMoE's)")
     p.add_argument("--attack", type=comma_list(attack_name), default=["pgd"],
-                   help="comma list of pgd | aa | smooth | adaptive; one process runs them all, each writes its "
-                        "own files (adaptive: PGD that steers the router to each expert in turn; single MoEs)")
+                   help="comma list of pgd | aa | smooth | adaptive | apgd-ce50 | pgd10-advmoe; one process runs "
+                        "them all, each writes its own files (adaptive: PGD that steers the router to each expert in "
+                        "turn; single MoEs). The papers' own attacks: apgd-ce50, APGD-CE with 50 iterations (the ICML "
+                        "paper's '50-step AutoAttack'; --aa-n, --aa-targets, --aa-alphas apply); pgd10-advmoe, the "
+                        "AdvMoE code's PGD-10 on CE(F) + 6 CE(router, y mod E) (single models, whole)")
     p.add_argument("--aa-version", choices=AA_VERSIONS, default="standard",
                    help="AutoAttack: standard, or quick (APGD-CE alone, 10 iterations; smoke runs, labelled so)")
     p.add_argument("--targets", type=comma_list(target_name), default=None,
@@ -166,13 +181,14 @@ def check_fit(args, dual: bool, cnn: bool = False, alphas=()) -> None:
     if cnn:  # its experts are channel groups inside each layer, not networks: only the whole model is attacked
         kind, allowed = "an MoE-CNN (moe_cnn.py)", ("whole",)
         if "smooth" in args.attack or "adaptive" in args.attack:
-            raise ValueError("the smooth and adaptive attacks need whole-network experts; an MoE-CNN takes pgd or aa")
+            raise ValueError("the smooth and adaptive attacks need whole-network experts; an MoE-CNN takes pgd, aa, "
+                             "apgd-ce50 or pgd10-advmoe")
     for flag, targets in (("--targets", args.targets), ("--aa-targets", args.aa_targets)):
         wrong = [t for t in targets or () if t not in allowed]
         if wrong:
             raise ValueError(f"{flag}: target(s) {', '.join(wrong)} do not fit {kind}; "
                              f"choose from {', '.join(allowed)}")
-    for attack in ("smooth", "adaptive"):
+    for attack in SINGLE_ONLY:
         if dual and attack in args.attack:
             raise ValueError(f"the {attack} attack is defined for single MoEs; use pgd or aa for dual models")
     if not dual and (args.alphas or args.aa_alphas):
@@ -266,11 +282,14 @@ def measure_dual(model, x, y, alphas, targets, args, eps, step) -> list:
 
 def evaluate(model, x, y, index, dual, run_args, args, eps, step, num_classes):
     """(JSON dict, markdown table) of one attack, args.attack; index: the test points' indices."""
-    result = {"attack": args.attack, "eps": eps, "step_size": step, "steps": args.steps, "n": len(y),
+    result = {"attack": args.attack, "eps": eps, "step_size": None if args.attack == "apgd-ce50" else step,
+              "steps": PAPER_STEPS.get(args.attack, args.steps), "n": len(y),
               "dataset": run_args["dataset"], "ckpt": args.ckpt or {"std": args.std, "rob": args.rob},
               "machine": cli.machine(), "index": index}
     if args.attack == "aa" and args.aa_version in AA_VERSION_NOTE:
         result["aa_version"] = AA_VERSION_NOTE[args.aa_version]
+    if args.attack in PAPER_ATTACK_NOTE:
+        result["about"] = PAPER_ATTACK_NOTE[args.attack]
     if not dual:
         cnn = isinstance(model, MoECNN)
         targets = args.targets or (("whole",) if cnn else SINGLE_TARGETS[args.attack])
@@ -324,9 +343,9 @@ def main(argv=None):
             continue
         torch.manual_seed(args.seed)  # each attack as if it ran alone: its numbers do not depend on the list
         one = argparse.Namespace(**{**vars(args), "attack": attack})
-        if attack == "aa":
+        if attack in AA_FAMILY:
             one.targets, one.alphas = args.aa_targets or args.targets, args.aa_alphas or args.alphas
-        n = {"aa": args.aa_n, "smooth": args.smooth_n}.get(attack)
+        n = args.aa_n if attack in AA_FAMILY else args.smooth_n if attack == "smooth" else None
         n = args.n if n is None else n
         x, y = (t.to(device) for t in data.test_subset(test, n))
         index = data.subset_index(len(test), n).tolist()

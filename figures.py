@@ -5,7 +5,7 @@ import textwrap
 
 from outcomes import EVAL_NAME
 from paper import PAPER
-from report_data import DUAL, NA, finite, fmt_eps
+from report_data import DUAL, describe, finite, fmt_eps
 
 # each figure draws runs of these tables: a preset that makes none of them (report.tables) has no such figure
 FIGURE_TABLES = {"fig2": ("table2",), "fig4": ("table2",), "fig5": ("table7",), "fig7": ("table3",),
@@ -83,10 +83,13 @@ def figures(report, out):
                           f"{a.get('eval_n') or 'all'} test points (per-epoch evaluation)" for a in args)
         data[name] = draw(os.path.join(out, f"{name}.png"), title.format(p=p, arch=arch) + "\n" + (
             setting or "no run yet") + ("; dashed: pre-trained dual at alpha 0.7 (eval.py)" * (name == "fig7")), panels)
-    for name, attack, alphas in (("fig3", "pgd", (0.7, 0.8, 0.9)), ("fig6", "aa", (0.7,))):  # the dual model vs alpha
+    dual_evals = report.runs.get("dual_pretrained", {}).get("evals", {})
+    # Figure 6 beside the paper's points: under the paper's own attack where it ran (paper presets), else AutoAttack
+    fig6_attack = "apgd-ce50" if EVAL_NAME.format("apgd-ce50") in dual_evals else "aa"
+    for name, attack, alphas in (("fig3", "pgd", (0.7, 0.8, 0.9)), ("fig6", fig6_attack, (0.7,))):  # dual vs alpha
         if not on_page(report, name):
             continue
-        ev = report.runs.get("dual_pretrained", {}).get("evals", {}).get(EVAL_NAME.format(attack)) or {}
+        ev = dual_evals.get(EVAL_NAME.format(attack)) or {}
         rows = sorted((r for r in ev.get("rows", []) if finite(r.get("alpha"))), key=lambda r: r["alpha"])
         paper = PAPER["table3" if attack == "pgd" else "table4"].get(report.paper_ds or "")  # its dual-model rows
         points = paper and {a: dict(zip(("sa", "ra", "ra_rmoe", "ra_smoe"), paper[f"dual_{a}" if attack == "pgd"
@@ -101,9 +104,8 @@ def figures(report, out):
                 lines += ours + line([(a, v[key]) for a, v in (points or {}).items()] * bool(ours), linestyle="none",
                                      marker="s", fillstyle="none", color=f"C{i}", label=f"{label} (paper)")
             panels.append(panel(lines, title, "alpha (weight of the robust MoE)", ylabel, xlim=(0.45, 1.05)))
-        what = f"AutoAttack {ev.get('aa_version') or '(standard)'}" if attack == "aa" else f"PGD-{ev.get('steps', '?')}"
-        setting = f"{what}, eps {fmt_eps(ev.get('eps'), report.preset)}, n={ev.get('n', NA)} test points" if ev else \
-            "not evaluated yet"
+        setting = f"{describe(ev, report.preset)} test points, eps {fmt_eps(ev.get('eps'), report.preset)}" if ev \
+            else "not evaluated yet"
         data[name] = draw(os.path.join(out, f"{name}.png"), f"Figure {name[3:]}: pre-trained dual model (ST + RT-ER) "
                           f"vs alpha | preset {p}\n{setting}", panels)
     shares = data["routing"] = {}  # each run's last per-epoch expert usage

@@ -76,3 +76,22 @@ PAPER = {
                                 "0.5": ((55.73, 0.13), (84.32, 0.18), 1.75, 67),
                                 "0.8": ((56.07, 0.14), (84.45, 0.09), 4.57, 13)}}}},
 }
+
+# The attack behind the papers' numbers, as eval.py names ours: report.py puts ours under it beside each paper cell.
+# ICML tables, by the attack of our row: its PGD is PGD-50 at step 2/255 (ours), its smooth attack ours, its
+# "50-step AutoAttack, step 2/255" in its public code an APGD-CE routine (ours: apgd-ce50, APGD-CE alone, 50
+# iterations). AdvMoE appendix, by metric: RA from its code's PGD-10 on CE(F) + 6 CE(router, y mod E)
+# (utils/eval_utils.py adv_val; ours: pgd10-advmoe), RA-AA from torchattacks' standard AutoAttack (auto_attack_eval.py;
+# ours: aa, the reference code of the same four attacks).
+PAPER_ATTACK = {"pgd": "pgd", "smooth": "smooth", "aa": "apgd-ce50"}
+ADVMOE_PAPER_ATTACK = {"ra": "pgd10-advmoe", "ra_aa": "aa"}
+PAPER_ATTACK_TEXT = {  # what each of those attacks is, for the notes under a table
+    "pgd": "our PGD (eval_pgd.json), the paper's PGD-50 at step 2/255",
+    "smooth": "our smooth attack (eval_smooth.json), the paper's",
+    "aa": "standard AutoAttack (eval_aa.json; the AdvMoE code runs torchattacks' port of it)",
+    "apgd-ce50": "APGD-CE alone, 50 iterations, 1 restart (eval_apgd-ce50.json), the ICML paper's '50-step "
+                 "AutoAttack, step 2/255' as its public code runs it: APGD sets its own step (2 eps, halved where the "
+                 "loss stalls), and standard AutoAttack adds APGD-T, FAB-T and Square",
+    "pgd10-advmoe": "the AdvMoE code's PGD-10 (eval_pgd10-advmoe.json): a uniform start, 10 signed steps of 2/255 up "
+                    "CE(F(x+d), y) + 6 CE(router(x+d), y mod E), CE alone for a dense network (E = 1)",
+}

@@ -15,17 +15,18 @@ from collections import namedtuple
 import claims
 from cli import ArgumentParser, markdown_table
 from figures import figures
-from paper import PAPER
+from paper import PAPER, PAPER_ATTACK, PAPER_ATTACK_TEXT
 from outcomes import EVAL_NAME, accuracy, worst_case
 from report_advmoe import ADVMOE_TABLES, cost_block
-from report_data import (DUAL, NA, NUM_CLASSES, PAPER_NAME, ROUTE, SEED_FOLDER, SINGLE, cell, collapse_sa, finite, fmt,
-                         fmt_eps, load_runs, merge, pick)
+from report_data import (DUAL, NA, NUM_CLASSES, PAPER_NAME, ROUTE, SEED_FOLDER, SINGLE, cell, collapse_sa, describe,
+                         finite, fmt, fmt_eps, load_runs, merge, pick)
 
 CLASS_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
                "fashion_mnist": ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
                                  "bag", "ankle boot"]}
 MARGINS = (("margin_rob_pretrained", 100), ("margin_rob_jtdmoe", 100), ("improvement_pp", 1), ("relative_pct", 1),
            ("margin_dual_improvement_pp", 1))  # Table 5's numbers of a class, and their scale in the table
+KIND = {"pgd": "PGD", "aa": "AutoAttack", "smooth": "smooth-attack"}  # the rows of an attack, in a note
 
 def metric_values(ev, dual, worst=None):
     """Our numbers in one evaluation, None where missing; worst: the run's per-point worst case over every attack."""
@@ -124,15 +125,22 @@ class Report:
         return "".join(f"\n- {n}" for n in out) + ("\n" if out else "")
 
     def metric_block(self, table, spec, block):
-        """One row per Row: a single MoE (SA RA RA-E RA-R worst, routing) or a dual model at alpha (kind "dual")."""
+        """One row per Row: a single MoE (SA RA RA-E RA-R worst, routing) or a dual model at alpha (kind "dual"); on a
+        paper preset each paper cell has ours under the paper's attack beside it where the row's attack is not it."""
         dual, (extra_name, extra_cell) = block.get("kind") == "dual", block.get("extra", (None, None))
         found = [(row, row.attack or block.get("attack", "pgd"), self.folders(row.run)) for row in block["rows"]]
         found = [(row, attack, folders, [self.evaluation(f, attack, row.alpha) for f in folders])
                  for row, attack, folders in found]
+        theirs_by = {attack: PAPER_ATTACK.get(attack, attack) for _, attack, *_ in found} if self.paper_ds else {}
+        beside = any(attack != theirs for attack, theirs in theirs_by.items())  # a column of ours under theirs
+        under = [[self.evaluation(f, theirs_by[attack], row.alpha) for f in folders] if beside else evs
+                 for row, attack, folders, evs in found]
         used = [ev for *_, evs in found for ev in evs]
         metrics = [(block.get("ra_name", "RA") if n == "RA" else n, k) for n, k in (DUAL if dual else SINGLE)]
+        attacked = [k for _, k in metrics if k not in ("sa", "worst")]  # what an attack measures; worst: every one
         routes = [] if dual else [(n, k) for n, k in ROUTE if any(ev and finite(ev.get(k)) for ev in used)]
-        header = list(block["lead"]) + [h for n, _ in metrics for h in [n] + [f"{n} paper"] * bool(self.paper_ds)]
+        header = list(block["lead"]) + [h for n, k in metrics for h in [n] + [f"{n} (paper's attack)"] * (
+            beside and k in attacked) + [f"{n} paper"] * (bool(self.paper_ds) and k != "worst")]
         rows, records = [], []
         worst = {f: worst_case(list(self.runs[f]["evals"].values())) for *_, folders, _ in found for f in folders
                  if f in self.runs and not dual}  # per run folder: (attacks covered, {point: survived all})
@@ -141,20 +149,32 @@ class Report:
             groups.setdefault((", ".join(worst[f][0]), len(worst[f][1])), []).append(f"`{f}`")
         notes = [f"RA (worst) of {', '.join(r)}: share of the {n} test points all its attacks share that survive "
                  f"every one ({c})." for (c, n), r in groups.items()]
+        if theirs_by:  # what the attack beside the paper's cells is
+            notes.append(f"{' / '.join(n for n, k in metrics if k in attacked)} (paper's attack): ours under the "
+                         "attack behind the paper's cells, beside them: " + "; ".join(
+                             f"{KIND.get(a, a)} rows {PAPER_ATTACK_TEXT[t]}" for a, t in theirs_by.items()) + "."
+                         if beside else "The attack of our cells beside the paper's is the paper's: " + "; ".join(
+                             PAPER_ATTACK_TEXT[t] for t in theirs_by.values()) + ".")
         skipped = {}  # (attack, the n/a metrics) -> runs evaluated without those targets
-        for row, attack, folders, evs in found:
+        for (row, attack, folders, evs), under_evs in zip(found, under):
             values = [metric_values(ev, dual, accuracy(worst[f][1]) if worst.get(f, (0, 0))[1] else None)
                       for f, ev in zip(folders, evs)]
             paper = self.paper(table, spec, row.paper or row.run)
             ours = {key: cell([v.get(key) for v in values]) for _, key in metrics + routes}
-            theirs = dict(zip([k for _, k in metrics], paper or ()), worst=min(paper[1:]) if paper else None)
+            theirs_values = [{k: (ev or {}).get(k) for k in attacked} for ev in under_evs]
+            below = {key: cell([v[key] for v in theirs_values]) for key in attacked}
+            theirs = dict(zip([k for _, k in metrics], paper or ()))
             lead = [row.lead] if isinstance(row.lead, str) else list(row.lead)
             cells = lead + ([f"{row.alpha:.1f}"] if block.get("alpha_column") else [])
             for _, key in metrics:
-                cells += [ours[key]] + [fmt(theirs[key]) if paper else NA] * bool(self.paper_ds)
+                cells += [ours[key]] + ([below[key]] if beside and key in attacked else []) + [
+                    fmt(theirs.get(key)) if paper else NA] * (bool(self.paper_ds) and key != "worst")
             record = {"row": " / ".join(lead), "run": row.run, "attack": attack} if not dual else {"row": lead[0] + (
                 f" alpha {row.alpha}" if block.get("alpha_column") else ""), "run": row.run, "alpha": row.alpha}
             record.update(merge(values, folders), paper=list(paper) if paper else None)
+            if beside and theirs_by[attack] != attack:
+                record["paper_attack"] = {"attack": theirs_by[attack], **merge(theirs_values, folders)}
+                used += under_evs
             if extra_name:  # one text per seed, said once where they agree
                 texts = [extra_cell(self, folder, ev) for folder, ev in zip(folders, evs)]
                 record[extra_name] = "; ".join(map(": ".join, zip(folders, texts))) if len(set(texts)) > 1 else texts[0]
@@ -219,11 +239,7 @@ class Report:
         evaluated = [u for u in used if u]  # the title says how: eps, attack steps, test points (from their JSON)
         eps = sorted({fmt_eps(u.get("eps"), self.preset) for u in evaluated}) or sorted(  # else any run's budget
             {fmt_eps(r["args"]["eps"], self.preset) for r in self.runs.values() if "eps" in (r["args"] or {})})[:1]
-        how = dict.fromkeys(
-            (f"AutoAttack {u.get('aa_version') or '(standard)'}" if u.get("attack") == "aa" else
-             f"{'smooth-attack PGD' if u.get('attack') == 'smooth' else 'PGD'}-{u.get('steps', '?')} "
-             f"(step {fmt_eps(u.get('step_size'), self.preset)})") + f", n={u['n'] if finite(u.get('n')) else NA}"
-            for u in evaluated)
+        how = dict.fromkeys(describe(u, self.preset) for u in evaluated)
         text = (f"# Table {table[5:]}: {pick(spec['title'], self.preset)} | preset {self.preset}"
                 f"{' (quick smoke run)' if self.quick else ''} | eps {' / '.join(eps) or NA}; "
                 f"{'; '.join(how) or 'attack: n/a (nothing evaluated yet)'} | `{self.command}`\n\n")
@@ -240,14 +256,16 @@ JTDMOE_NOTE = ("JTDMoE is run `jtdmoe_a0.7` (Algorithm 1: the upper step trains 
                "authors' public code's form (upper step on F_S only, KL over all experts); both get the paper's "
                "JTDMoE cells.")
 ST_AT_RTER, PRE = [Row("ST", "st"), Row("AT", "at"), Row("RT-ER", "rter")], (0.7, 0.8, 0.9)
+TABLE1_NOTE = ("RA attacks the whole MoE, RA-E the experts (routing frozen at clean x), RA-R the router (experts "
+               "frozen at clean x); accuracy is always that of the full MoE at x_adv. RA (worst): the points that "
+               "survive every attack run on the model{}; same top-1 % = share of points routed to the same top-1 "
+               "expert at x_adv as at x (the paper reports 98 % under expert attacks).")
+OLD_WORST = " (its paper cell: the smallest of the paper's RA columns)"  # the committed CPU presets' words, kept
 TABLES = {
     "table1": dict(title="robustness of the MoE components of a standard-trained (ST) MoE", lead=["attack"],
                    rows=[Row("PGD", "st", "pgd"), Row("AutoAttack", "st", "aa", "aa")],
-        notes=["RA attacks the whole MoE, RA-E the experts (routing frozen at clean x), RA-R the router (experts "
-               "frozen at clean x); accuracy is always that of the full MoE at x_adv. RA (worst): the points that "
-               "survive every attack run on the model (its paper cell: the smallest of the paper's RA columns); "
-               "same top-1 % = share of points routed to the same top-1 expert at x_adv as at x (the paper reports 98 "
-               "% under expert attacks)."]),
+        notes=[{p: TABLE1_NOTE.format(worst) for p, worst in (("digits", OLD_WORST), ("fashion_mnist", OLD_WORST),
+                                                               ("*", " (ours alone: the paper has no such number)"))}]),
     "table2": dict(title="AT vs RT-ER under PGD, top-1 and top-2 routing", lead=["routing", "method"],
                    rows=[Row(("top-1", "AT"), "at"), Row(("top-1", "RT-ER"), "rter"),
                          Row(("top-2", "AT"), "at_top2"), Row(("top-2", "RT-ER"), "rter_top2")]),

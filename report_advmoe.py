@@ -3,6 +3,8 @@ The specs are data (ADVMOE_TABLES, merged into report.TABLES); Report.render dra
 import statistics
 from collections import namedtuple
 
+from outcomes import accuracy, worst_case
+from paper import ADVMOE_PAPER_ATTACK, PAPER_ATTACK_TEXT
 from report_data import NA, cell, finite, fmt, merge
 
 # A row: lead cells, run (its seeds are found by folder name), the paper's key, and the train_at.py settings the
@@ -90,23 +92,37 @@ def flag_mismatches(report, row):
     return out
 
 
+def worst_of(report, folder):
+    """RA (worst) of one run folder: the share of the points all its attacks share that survive every one."""
+    _, survived = worst_case(list((report.runs.get(folder) or {}).get("evals", {}).values()))
+    return accuracy(survived) if survived else None
+
+
 def cost_block(report, table, spec, block):
     """One row per CostRow: RA / SA (mean ± std over seeds), GMACs and their reduction against the block's
-    reference run (AT (Dense)); the paper's cells beside ours. Returns what Report.render needs of a block."""
+    reference run (AT (Dense)); the paper's cells beside ours, and on a paper preset ours under the paper's attack
+    beside them and RA (worst). Returns what Report.render needs of a block."""
     metrics, with_paper = block["metrics"], bool(report.paper_ds)
-    attacks = list(dict.fromkeys(attack for _, _, attack, _ in metrics))
+    beside = [(f"{name} (paper's attack)", f"{key}_paper_attack", ADVMOE_PAPER_ATTACK[key], field)
+              for name, key, attack, field in metrics if with_paper and ADVMOE_PAPER_ATTACK.get(key, attack) != attack]
+    under = {key[:-len("_paper_attack")]: (name, key) for name, key, *_ in beside}  # metric -> ours under theirs
+    attacks = list(dict.fromkeys(attack for _, _, attack, _ in metrics + beside))
     found = []
     for row in block["rows"]:
         folders = report.folders(row.run)
         evals = [{attack: report.evaluation(f, attack) for attack in attacks} for f in folders]
-        found.append((row, folders, evals, [seed_values(evs, metrics) for evs in evals]))
+        values = [{**seed_values(evs, metrics + beside), **({"worst": worst_of(report, f)} if with_paper else {})}
+                  for f, evs in zip(folders, evals)]
+        found.append((row, folders, evals, values))
 
     def mean_pathway(values):
         have = [v["gmacs_pathway"] for v in values if finite(v["gmacs_pathway"])]
         return statistics.mean(have) if have else None
     dense = next((mean_pathway(values) for row, *_, values in found if row.run == block["reference"]), None)
-    header = list(block["lead"]) + [h for name, *_ in metrics + [("GFLOPs",)]
-                                    for h in [name] + [f"{name} paper"] * with_paper]
+    header = list(block["lead"])
+    for name, key, *_ in metrics:
+        header += [name] + ([under[key][0]] if key in under else []) + [f"{name} paper"] * with_paper
+    header += ["RA (worst)"] * with_paper + ["GFLOPs"] + ["GFLOPs paper"] * with_paper
     rows, records, notes, unevaluated = [], [], [], []
     for row, folders, evals, values in found:
         paper = report.paper(table, spec, row.paper)
@@ -117,7 +133,10 @@ def cost_block(report, table, spec, block):
         lead = [row.lead] if isinstance(row.lead, str) else list(row.lead)
         cells = list(lead)
         for _, key, *_ in metrics:
-            cells += [cell([v[key] for v in values])] + [paper_text(theirs.get(key))] * with_paper
+            cells += [cell([v[key] for v in values])] + ([cell([v[under[key][1]] for v in values])] if key in under
+                                                         else []) \
+                + [paper_text(theirs.get(key))] * with_paper
+        cells += [cell([v["worst"] for v in values])] if with_paper else []
         masked = cost_text([v["gmacs_masked"] for v in values])
         ours = cost_text([v["gmacs_pathway"] for v in values])
         cells += [ours + (f" (masked {masked})" if masked not in (ours, NA) else "") + reduction_text(reduction)]
@@ -130,6 +149,13 @@ def cost_block(report, table, spec, block):
         unevaluated += [f"`{f}` ({', '.join(f'eval_{a}.json' for a in attacks if evs[a] is None)})"
                         for f, evs in zip(folders, evals) if f in report.runs and None in evs.values()]
     notes += ["n/a: not evaluated yet: " + ", ".join(unevaluated) + "."] if unevaluated else []
+    if with_paper:  # what the attacks beside the paper's cells are, and the worst case
+        notes += [f"{under[key][0]}: ours under the attack behind the paper's {name}, beside it: "
+                  f"{PAPER_ATTACK_TEXT[ADVMOE_PAPER_ATTACK[key]]}." for name, key, *_ in metrics if key in under]
+        notes += [f"{name}: ours beside the paper's ran the paper's attack, {PAPER_ATTACK_TEXT[attack]}."
+                  for name, key, attack, _ in metrics if ADVMOE_PAPER_ATTACK.get(key) == attack]
+        notes += ["RA (worst): on the test points all of a run's evaluations (eval_*.json) share (AutoAttack's, where "
+                  "it ran on fewer), the share that survives every attack of them."]
     return header, rows, [ev for *_, evals, _ in found for evs in evals for ev in evs.values()], records, notes
 
 

@@ -97,3 +97,15 @@ def merge(values, folders):
 
 def pick(value, preset):  # a spec field that may differ by preset: {preset: value, "*": any other preset}
     return value.get(preset, value.get("*")) if isinstance(value, dict) else value
+
+def describe(ev, preset):
+    """How one evaluation attacked, for a table's title: the attack (its steps and step) and its test points."""
+    attack = ev.get("attack")
+    if attack == "aa":
+        how = f"AutoAttack {ev.get('aa_version') or '(standard)'}"
+    elif attack == "apgd-ce50":
+        how = f"APGD-CE-{ev.get('steps', '?')} (the ICML paper's AutoAttack)"
+    else:
+        name = {"smooth": "smooth-attack PGD", "pgd10-advmoe": "AdvMoE PGD"}.get(attack, "PGD")
+        how = f"{name}-{ev.get('steps', '?')} (step {fmt_eps(ev.get('step_size'), preset)})"
+    return how + f", n={ev['n'] if finite(ev.get('n')) else NA}"

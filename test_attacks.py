@@ -331,5 +331,77 @@ def test_adaptive_attack_is_not_weaker_than_pgd_on_a_trained_moe(st_ckpt):
     pgd_correct, _ = attacks.evaluate_attack(model, x, y, "whole", "pgd", 0.15, 0.0375, 20)
     adaptive_correct, _ = attacks.evaluate_attack(model, x, y, "whole", "adaptive", 0.15, 0.0375, 20)
     assert adaptive_correct.sum() <= pgd_correct.sum()
-    with pytest.raises(ValueError, match="adaptive on whole"):
+    with pytest.raises(ValueError, match="adaptive or pgd10-advmoe on whole"):
         attacks.evaluate_attack(model, x, y, "experts", "adaptive", 0.15, 0.0375, 2)
+
+
+# ----------------------------------------------------------------------------- the papers' own attacks
+
+@pytest.mark.parametrize("target", ["whole", "experts", "router"])
+def test_apgd_ce50_is_apgd_ce_alone_for_50_iterations_inside_the_ball(target, monkeypatch):
+    import pyautoattack
+    made = []
+
+    class Recorded(pyautoattack.AutoAttack):
+        def run_standard_evaluation(self, *a, **k):
+            made.append((self.version, list(self.attacks_to_run), self.apgd.n_iter, self.apgd.n_restarts))
+            return super().run_standard_evaluation(*a, **k)
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", Recorded)
+    model = tiny_moe(1).train()
+    x, _ = batch(8)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)  # all points correct, so APGD-CE attacks every one
+    model.train()
+    x_adv = attacks.apgd_ce(model, x, y, target, eps=0.2, iters=attacks.PAPER_STEPS["apgd-ce50"])
+    assert made == [("custom", ["apgd-ce"], 50, 1)]
+    assert_in_ball_and_box(x_adv, x, 0.2)
+    assert all_training(model)
+    with torch.no_grad():
+        assert (model.eval()(x_adv).argmax(1) != y).any(), "APGD-CE broke no point of an untrained model"
+    assert torch.equal(attacks.apgd_ce(model, x, y, target, eps=0.0), x)
+
+
+def test_advmoe_loss_is_ce_of_the_model_plus_beta_ce_of_the_router_on_y_mod_e():
+    model = tiny_moe(1).eval()  # 3 experts: y mod 3
+    x, y = batch(16)
+    with torch.no_grad():
+        router_logits = model.router(model.normalize(x).flatten(1))
+        want = F.cross_entropy(model(x), y, reduction="sum") + 6 * F.cross_entropy(router_logits, y % 3,
+                                                                                   reduction="sum")
+        torch.testing.assert_close(attacks.advmoe_loss(model)(x, y), want)
+        torch.testing.assert_close(attacks.advmoe_loss(model, beta=0.0)(x, y),
+                                   F.cross_entropy(model(x), y, reduction="sum"))
+
+
+@pytest.mark.parametrize("experts", [1, 4])
+def test_pgd10_advmoe_stays_in_ball_and_box_raises_its_loss_and_on_a_dense_network_is_ce_pgd(experts):
+    from moe_cnn import build_moe_cnn
+    torch.manual_seed(0)
+    model = build_moe_cnn("moe_cnn", experts, 0.5, 10, (1, 8, 8)).train()
+    x, y = batch(16)
+    torch.manual_seed(3)
+    x_adv = attacks.advmoe_pgd(model, x, y, eps=0.1, step=0.025, steps=attacks.PAPER_STEPS["pgd10-advmoe"])
+    assert_in_ball_and_box(x_adv, x, 0.1)
+    assert all_training(model)
+    with attacks.eval_mode(model), torch.no_grad():
+        loss = attacks.advmoe_loss(model)
+        assert loss(x_adv, y) > loss(x, y)
+    if experts == 1:  # no router: the term is -log 1 = 0, the attack is PGD-10 on CE from a uniform start
+        torch.manual_seed(3)
+        torch.testing.assert_close(x_adv, attacks.pgd(model, x, y, 0.1, 0.025, 10, init="uniform"))
+
+
+@pytest.mark.parametrize("name", ["apgd-ce50", "pgd10-advmoe"])
+def test_a_paper_attack_scores_points_the_full_model_gets_right_at_x_and_x_adv(name):
+    model = tiny_moe(1).eval()
+    x, y = batch(24)
+    with torch.no_grad():
+        y[:12] = model(x[:12]).argmax(1)  # half the points correct, so the attack has something to break
+    correct, same = attacks.evaluate_attack(model, x, y, "whole", name, eps=0.1, step=0.025)
+    clean = attacks.clean_correct(model, x, y)
+    assert correct.shape == same.shape == (24,) and not (correct & ~clean).any()
+    assert correct.sum() < clean.sum(), f"{name} broke no point"
+    if name == "pgd10-advmoe":
+        with pytest.raises(ValueError, match="pgd10-advmoe on whole"):
+            attacks.evaluate_attack(model, x, y, "experts", name, eps=0.1)

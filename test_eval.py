@@ -355,3 +355,36 @@ def test_bf16_evaluation_keeps_the_per_point_outcomes_of_fp32_on_a_trained_model
     assert bf16["correct"]["clean"] == fp32["correct"]["clean"] and fp32["sa"] > 80
     differ = sum(a != b for a, b in zip(bf16["correct"]["whole"], fp32["correct"]["whole"]))
     assert 0 < fp32["ra"] < fp32["sa"] and differ <= 0.05 * fp32["n"], differ
+
+
+# ----------------------------------------------------------------------------- the papers' own attacks
+
+def test_the_papers_attacks_write_per_point_outcomes_that_join_the_worst_case(runs, tmp_path):
+    from outcomes import worst_case
+    ckpt, out = str(runs / "st" / "ckpt.pt"), tmp_path / "papers"
+    results = ev.main(["--ckpt", ckpt, "--n", "30", "--aa-n", "12", "--steps", "2", "--aa-targets", "whole,router",
+                       "--attack", "pgd,apgd-ce50,pgd10-advmoe", "--out", str(out)])
+    apgd, advmoe = results["apgd-ce50"], results["pgd10-advmoe"]
+    assert files(out) == [f"eval_{a}.{ext}" for a in ("apgd-ce50", "pgd", "pgd10-advmoe") for ext in ("json", "md")]
+    # apgd-ce50 is AutoAttack's code and cost: AutoAttack's points and targets; its iterations are in its name
+    assert apgd["n"] == 12 and set(apgd["correct"]) == {"clean", "whole", "router"} and apgd["steps"] == 50
+    assert apgd["step_size"] is None and "50 iterations" in apgd["about"]
+    assert advmoe["n"] == 30 and set(advmoe["correct"]) == {"clean", "whole"} and advmoe["steps"] == 10
+    assert advmoe["step_size"] == pytest.approx(0.0375) and "y mod E" in advmoe["about"]
+    evals = [json.loads((out / f"eval_{a}.json").read_text()) for a in ("pgd", "apgd-ce50", "pgd10-advmoe")]
+    covered, survived = worst_case(evals)
+    assert {"apgd-ce50:whole", "apgd-ce50:router", "pgd10-advmoe:whole"} <= set(covered)
+    assert len(survived) == 12  # the points every attack shares: AutoAttack's subset
+    for ev_ in evals:
+        for target, bits in ev_["correct"].items():
+            alone = dict(zip(ev_["index"], bits))
+            assert all(alone[i] for i, ok in survived.items() if ok), (ev_["attack"], target)  # worst <= each
+            assert not any(b and not c for b, c in zip(bits, ev_["correct"]["clean"]))  # RA <= SA, point by point
+
+
+def test_a_dual_model_refuses_the_advmoe_attack_in_one_line(runs, tmp_path):
+    rter = str(runs / "rter" / "ckpt.pt")
+    with pytest.raises(ValueError, match="pgd10-advmoe attack is defined for single MoEs"):
+        ev.main(["--std", str(runs / "st" / "ckpt.pt"), "--rob", rter, "--attack", "pgd10-advmoe",
+                 "--out", str(tmp_path)])
+    assert not list(tmp_path.glob("*.json"))

@@ -270,3 +270,36 @@ def test_run_all_ends_with_the_failing_jobs_message(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and last.startswith("run_all: st failed (train, exit 2): error: "), proc.stderr
     assert last.endswith(f"full log: {tmp_path / 'runs' / 'st' / 'train.log'}")
+
+
+def test_paper_cells_have_ours_under_the_papers_attack_beside_them_and_the_worst_case_apart(tmp_path):
+    """cifar10: an AutoAttack row's RA (paper's attack) cells are eval_apgd-ce50.json's, a PGD row's are its own PGD
+    cells; RA (worst) is ours alone, at most every attack's RA; a dual row reads its alpha's apgd-ce50 row."""
+    runs = tmp_path / "runs"
+    write_json(runs / "st" / "eval_pgd.json", single_eval("pgd", 90.0, 40.0, 10.0, 60.0))
+    write_json(runs / "st" / "eval_aa.json", single_eval("aa", 90.0, 12.0, 8.0, 55.0))
+    write_json(runs / "st" / "eval_apgd-ce50.json", {**single_eval("apgd-ce50", 90.0, 20.0, 9.0, 58.0),
+                                                      "steps": 50, "step_size": None})
+    write_json(runs / "dual_pretrained" / "eval_aa.json", dual_eval("aa", 88.0, 30.0, [0.5]))
+    write_json(runs / "dual_pretrained" / "eval_apgd-ce50.json", {**dual_eval("apgd-ce50", 88.0, 35.0, [0.5]),
+                                                                   "steps": 50, "step_size": None})
+    rep = report.Report("cifar10", report.load_runs(str(runs), []), False, "bash run_all.sh cifar10")
+    text, record = rep.render("table1")
+    lines = text.splitlines()
+    assert "| attack | SA | SA paper | RA | RA (paper's attack) | RA paper | RA-E | RA-E (paper's attack) | RA-E " \
+           "paper | RA-R | RA-R (paper's attack) | RA-R paper | RA (worst) |" in lines
+    # worst: nested prefixes, so the fewest survivors of any attack:target, 8 % (AutoAttack's RA-E)
+    assert "| PGD | 90.00 | 92.14 | 40.00 | 40.00 | 52.54 | 10.00 | 10.00 | 3.11 | 60.00 | 60.00 | 54.67 | 8.00 |" \
+        in lines
+    assert "| AutoAttack | 90.00 | 92.14 | 12.00 | 20.00 | 14.25 | 8.00 | 9.00 | 2.95 | 55.00 | 58.00 | 55.20 | " \
+           "8.00 |" in lines
+    assert "APGD-CE-50 (the ICML paper's AutoAttack), n=400" in lines[0] and "eval_apgd-ce50.json" in text
+    assert "(ours alone: the paper has no such number)" in text
+    aa_row = record[1]
+    assert aa_row["paper_attack"]["attack"] == "apgd-ce50" and aa_row["paper_attack"]["ra"] == 20.0
+    assert aa_row["worst"] <= min(aa_row[k] for k in ("ra", "ra_e", "ra_r")) and "paper_attack" not in record[0]
+    text, record = rep.render("table4")
+    assert "| Pre-trained | 88.00 | 89.81 | 30.00 | 35.00 | 33.64 | 60.00 | 60.00 | 34.20 | 30.00 | 30.00 | 14.34 |" \
+        in text.splitlines()
+    text, _ = rep.render("table2")  # PGD only: our attack is the paper's, no column more, the note says so
+    assert "(paper's attack)" not in text and "is the paper's: our PGD (eval_pgd.json)" in text

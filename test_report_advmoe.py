@@ -100,10 +100,15 @@ def test_paper_presets_show_the_appendix_numbers_and_cifar100_says_it_has_none(t
         report.main([preset, "--runs", str(tmp_path / "none"), "--out", str(tmp_path / preset)])
     a1, a2 = ((tmp_path / "cifar10" / f"table{t}.md").read_text() for t in ("A1", "A2"))
     assert "## ResNet-18\n" in a1 and "## WRN-28-10\n" in a1
-    assert "| AdvMoE | n/a | 52.22 ± 0.14 | n/a | 46.44 ± 0.09 | n/a | 79.62 ± 0.12 | n/a | 0.15 (72% ↓) |" in a1
-    assert "| AT (Dense) | n/a | 52.35 ± 0.18 | n/a | 46.49 ± 0.11 | n/a | 81.45 ± 0.15 | n/a | 5.25 |" in a1
-    assert "| 0.8 | AdvMoE | n/a | 52.38 ± 0.14 | n/a | 81.44 ± 0.13 | n/a | 0.37 (31% ↓) |" in a2
-    assert "| 1.0 | AT (Dense) | n/a | 51.75 ± 0.12 | n/a | 83.54 ± 0.15 | n/a | 5.25 |" in a2  # WRN-28-10
+    # RA: ours, ours under the paper's attack (the AdvMoE code's PGD-10), the paper's; RA-AA, SA; RA (worst); GFLOPs
+    assert ("| AdvMoE | n/a | n/a | 52.22 ± 0.14 | n/a | 46.44 ± 0.09 | n/a | 79.62 ± 0.12 | n/a | n/a | "
+            "0.15 (72% ↓) |") in a1
+    assert ("| AT (Dense) | n/a | n/a | 52.35 ± 0.18 | n/a | 46.49 ± 0.11 | n/a | 81.45 ± 0.15 | n/a | n/a | "
+            "5.25 |") in a1
+    assert "| 0.8 | AdvMoE | n/a | n/a | 52.38 ± 0.14 | n/a | 81.44 ± 0.13 | n/a | n/a | 0.37 (31% ↓) |" in a2
+    assert "| 1.0 | AT (Dense) | n/a | n/a | 51.75 ± 0.12 | n/a | 83.54 ± 0.15 | n/a | n/a | 5.25 |" in a2  # WRN
+    assert ("| r | method | RA | RA (paper's attack) | RA paper | SA | SA paper | RA (worst) | GFLOPs | "
+            "GFLOPs paper |") in a2
     assert "- n/a: not run yet: `a1_dense`" in a1 and "`a1w_advmoe`" in a1
     # CIFAR-100 runs Table A2 only: its page has no other table; the columns stay, every paper cell is n/a and a note
     # says why
@@ -147,3 +152,22 @@ def test_quick_keeps_the_train_steps_table_a1_rows_need():
               if (m := re.search(r"--out /nonexistent/runs/(\S+) --resume", line))}
     assert trains["a1_moe"] and all(steps[-1] == "10" for run, steps in trains.items() if run.startswith("a1_"))
     assert trains["rter"][-1] == "2"  # the other runs: quick's 2 steps
+
+
+def test_paper_columns_have_ours_under_the_advmoe_codes_pgd10_beside_them_and_the_worst_case_apart(tmp_path):
+    """cifar10: RA (paper's attack) is eval_pgd10-advmoe.json's RA, next to the paper's RA; RA (worst) is the share
+    of the points that survive every evaluation of the run, at most each attack's RA."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    cnn_run(runs, "a1_advmoe", ADVMOE, 10, (90.0, 50.0), 40.0)  # nested prefixes: survivors of the 40 % survive all
+    write_json(runs / "a1_advmoe" / "eval_pgd10-advmoe.json", {**cnn_eval("pgd10-advmoe", 90.0, 60.0, 0.15, 0.6),
+                                                               "steps": 10, "step_size": 2 / 255})
+    report.main(["cifar10", "--runs", str(runs), "--out", str(out)])
+    a1 = (out / "tableA1.md").read_text()
+    header = ("| method | RA | RA (paper's attack) | RA paper | RA-AA | RA-AA paper | SA | SA paper | RA (worst) | "
+              "GFLOPs |")
+    assert header in a1
+    assert "| AdvMoE | 50.00 | 60.00 | 52.22 ± 0.14 | 40.00 | 46.44 ± 0.09 | 90.00 | 79.62 ± 0.12 | 40.00 |" in a1
+    assert "AdvMoE PGD-10 (step 2/255), n=200" in a1.splitlines()[0]  # the title says how each column was attacked
+    assert "the AdvMoE code's PGD-10 (eval_pgd10-advmoe.json)" in a1 and "y mod E" in a1
+    advmoe = json.loads((out / "results.json").read_text())["tables"]["tableA1"]["resnet18"][4]
+    assert advmoe["ra_paper_attack"] == 60.0 and advmoe["worst"] == 40.0 <= min(advmoe["ra"], advmoe["ra_aa"])
