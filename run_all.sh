@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # usage: bash run_all.sh [digits|fashion_mnist|cifar10|cifar100|tinyimagenet|imagenet] [--quick] [--jobs N]
-#                        [--seeds N] [--allow-cpu] [--data-dir DIR] [--no-pretrained] [--dry-run]
+#                        [--seeds N] [--allow-cpu] [--data-dir DIR] [--no-pretrained] [--dry-run] [--estimate]
 # Every table and figure of the paper on one preset: make trains and evaluates the runs the Makefile lists, then
 # report.py writes tables, figures and results.json. Resumable: run it again after an interruption. Presets: digits
 # (default; offline, CPU), fashion_mnist (CPU; the main claims; apt-get install dataset-fashion-mnist), cifar10,
 # cifar100 (AdvMoE's Table A2 only), tinyimagenet, imagenet (Table 10): GPU (or --allow-cpu) and data (--data-dir,
 # DATA_DIR, ./data). --quick: smoke run; --jobs N at once (default 2 on the CPU presets, else 1); --seeds N: seeds
 # 0..N-1, seed k >= 1 in <run>-seed<k>; --no-pretrained: ViT experts (TinyImageNet, ImageNet) start from random
-# weights, not the hub's (make PRETRAINED=); --dry-run: make -n. Environment: RUNS_DIR
+# weights, not the hub's (make PRETRAINED=); --dry-run: make -n; --estimate: time a few steps of every job make would
+# run, on this machine as the run would (threads, jobs at once; paper presets on their synthetic stand-ins, no data),
+# and print the expected hours per run and in total (estimate.py; ESTIMATE_STEPS, ESTIMATE_CUT). Environment: RUNS_DIR
 # (runs/<preset>[-quick]), RESULTS_DIR (RUNS_DIR/results), EVAL_N / AA_N (test points of the final PGD / AutoAttack
 # evaluations: all, AA_N 100 on digits; fashion_mnist 2,000 and 200).
 set -uo pipefail
@@ -15,11 +17,13 @@ die() { echo "run_all: $*" >&2; exit 1; }
 bad() { echo "run_all: $*; see bash run_all.sh --help" >&2; exit 2; }
 
 PRESET="" QUICK="" JOBS="" SEEDS=1 ALLOW_CPU="" DRY_RUN="" DATA=${DATA_DIR:-} MAKE_PID="" NO_PRETRAINED=""
+ESTIMATE=""
 while (($#)); do
   case $1 in
     digits|fashion_mnist|cifar10|cifar100|tinyimagenet|imagenet)
       [[ -z $PRESET ]] || bad "two presets given ($PRESET and $1)"; PRESET=$1 ;;
     --quick) QUICK=1 ;; --allow-cpu) ALLOW_CPU=1 ;; --dry-run) DRY_RUN=1 ;; --no-pretrained) NO_PRETRAINED=1 ;;
+    --estimate) ESTIMATE=1 ;;
     --jobs=*|--seeds=*|--data-dir=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
     --jobs|--seeds|--data-dir) (($# >= 2)) || bad "$1 needs a value"
       case $1 in --jobs) JOBS=$2 ;; --seeds) SEEDS=$2 ;; *) DATA=$2 ;; esac; shift ;;
@@ -48,6 +52,7 @@ REPORT=(python report.py "$PRESET" --runs "$RUNS" --out "$RESULTS" --command "$C
 
 declare -A NEED=([cifar10]=cifar-10-batches-py [cifar100]=cifar-100-python [imagenet]="train val"
   [tinyimagenet]="tiny-imagenet-200/wnids.txt tiny-imagenet-200/train tiny-imagenet-200/val/val_annotations.txt")
+[[ -n $ESTIMATE ]] ||  # the estimate times the paper presets on synthetic images of their shapes
 for need in ${NEED[$PRESET]:-}; do [[ -e $DATA/$need ]] || die "$PRESET data missing: looked for $DATA/$need;" \
   "get it with a train script's --download (ImageNet: by hand, train/ and val/ class folders) or set DATA_DIR"; done
 [[ $PRESET != fashion_mnist ]] || python -c "import data, sys; sys.exit(data.fashion_mnist_files('$DATA') is None)" ||
@@ -60,6 +65,7 @@ ON_GPU=""  # digits asks torch only where a driver is (an import less)
 [[ -n $ON_GPU$ALLOW_CPU$CPU_PRESET ]] || die "preset $PRESET needs a GPU, but none is visible" \
   "(torch.cuda.is_available() is False); use --allow-cpu to run on CPU anyway"
 [[ -n $ON_GPU ]] || ((JOBS == 1)) || export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+[[ -z $ESTIMATE ]] || { "${MAKE[@]}" -n | python estimate.py "$PRESET" --jobs "$JOBS" --runs "$RUNS"; exit; }
 
 mkdir -p "$RUNS" && exec 9>>"$RUNS/.lock" || die "cannot create $RUNS/.lock"  # every job inherits the lock (fd 9)
 flock -n 9 || die "another run_all.sh (or a job left from one, even by a kill -9) is still working in $RUNS; wait" \

@@ -338,7 +338,14 @@ def test_dry_run_shows_the_paper_settings(tmp_path):
     assert ("train_rter.py --beta 6 --dataset cifar10 --arch resnet18 --amp --channels-last --data-dir /nonexistent "
             "--eval-n 1000 --epochs 130") in out
     assert "train_jtdmoe.py" in out and "--alpha 0.7" in out and "--epochs 10 " in out
-    assert "--alphas 0.5,0.6,0.7,0.8,0.9,1.0" in out and "--attack pgd,aa,smooth" in out
+    assert "--alphas 0.5,0.6,0.7,0.8,0.9,1.0" in out
+    # the ICML paper's '50-step AutoAttack' beside ours on every run of its tables that faces AutoAttack (Table A1's
+    # AutoAttack is the standard one, ours), the sweeps PGD only
+    assert f"--ckpt {tmp_path}/runs/st/ckpt.pt --attack pgd,aa,apgd-ce50,smooth,adaptive " in out
+    assert f"--out {tmp_path}/runs/dual_pretrained --attack pgd,aa,apgd-ce50 " in out
+    icml_aa = [line for line in evals if re.search(r"--attack [\w,-]*\baa\b", line) and "/runs/a1" not in line]
+    assert len(icml_aa) == 10 and all("apgd-ce50" in line for line in icml_aa), icml_aa
+    assert f"--ckpt {tmp_path}/runs/rter_b1/ckpt.pt --attack pgd " in out
     a1 = [f"{t}_{m.format('')}" for t in ("a1", "a1w") for m in CNN]
     a2 = [f"{t}_{m.format(f'_r{r}')}" for t in ("a2", "a2w") for m in CNN for r in (0.2, 0.5, 0.8)]
     assert len(trains) == 18 + 10 + 26 and len(evals) == 19 + 10 + 26
@@ -349,13 +356,17 @@ def test_dry_run_shows_the_paper_settings(tmp_path):
     assert ("train_advmoe.py --loss trades --scale 0.2 --steps 2 --step-size 0.0196078 --dataset cifar10 "
             "--arch moe_resnet18 --amp "
             "--channels-last --data-dir /nonexistent --eval-n 1000 --epochs 100") in out
-    assert f"eval.py --keep-done --ckpt {tmp_path}/runs/a1_moe/ckpt.pt --attack pgd,aa " in out
+    # Tables A1 / A2: the AdvMoE code's PGD-10 beside ours
+    assert f"eval.py --keep-done --ckpt {tmp_path}/runs/a1_moe/ckpt.pt --attack pgd,aa,pgd10-advmoe " in out
+    assert f"eval.py --keep-done --ckpt {tmp_path}/runs/a2w_dense/ckpt.pt --attack pgd,pgd10-advmoe " in out
     assert f"python report.py cifar10 --runs {tmp_path}/runs --out {tmp_path}/runs/results" in out
     out, trains, evals = dry_run(["cifar100"], tmp_path)  # Table A2 only
     assert len(trains) == 26 and all("--dataset cifar100 --arch moe_" in line for line in trains)
     assert all(line.endswith("--data-dir /nonexistent --n 0 --aa-n 0") for line in evals), evals
+    assert all("--attack pgd,pgd10-advmoe " in line for line in evals), evals
     out, trains, evals = dry_run(["imagenet"], tmp_path)
     assert len(trains) == 3 and len(evals) == 3
+    assert all("--attack pgd,adaptive " in line for line in evals), evals  # Table 10: PGD, the paper's attack
     assert "--method trades --dataset imagenet --arch vit_small --pretrained" in out
 
 
@@ -400,3 +411,85 @@ def test_arguments(tmp_path, args, code):
     else:
         assert one_line(proc.stderr).startswith("run_all: ")
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- run_all.sh --estimate (estimate.py)
+
+def test_estimate_schedules_jobs_as_make_does():
+    """List scheduling in the dry run's order: one slot runs the jobs back to back, two share them out, and a job
+    waits for the jobs whose checkpoints it reads even where a slot is free (a dependency no job makes: done)."""
+    from estimate import wall_clock
+    free = [("a", 10.0, []), ("b", 10.0, []), ("c", 10.0, []), ("d", 10.0, [])]
+    assert [wall_clock(free, n) for n in (1, 2, 4, 8)] == [40, 20, 10, 10] and wall_clock([], 2) == 0
+    jobs = [("train st", 10.0, []), ("train rter", 20.0, []), ("train jtd", 5.0, ["train st", "train rter"]),
+            ("eval st", 1.0, ["train st"])]
+    assert [wall_clock(jobs, n) for n in (1, 2, 3)] == [36, 25, 25]  # jtd waits for rter (20) with a slot free at 11
+    assert wall_clock([("eval st", 3.0, ["train st"])], 2) == 3
+
+
+def test_estimate_scales_a_job_by_its_epochs_images_and_curve():
+    from estimate import curve_evaluations, training_seconds
+    assert [curve_evaluations(e, k) for e, k in ((30, 2), (31, 2), (10, 3), (1, 5), (4, 1))] == [15, 16, 4, 1, 4]
+    unit = {"image": 0.002, "epoch": 0.05, "point_step": 0.0001}
+    job = {"epochs": 30, "images": 1408, "eval_every": 2, "eval_points": 360, "eval_steps": 20}
+    seconds = training_seconds(unit, job)
+    assert seconds == pytest.approx(30 * (1408 * 0.002 + 0.05) + 15 * 360 * 20 * 0.0001)
+    assert training_seconds(unit, {**job, "epochs": 60}) == pytest.approx(2 * seconds)  # twice the epochs
+    bare = {**unit, "epoch": 0, "point_step": 0}
+    assert training_seconds(bare, {**job, "images": 2 * 1408}) == pytest.approx(2 * training_seconds(bare, job))
+    assert training_seconds(unit, {**job, "eval_points": 0}) == pytest.approx(30 * (1408 * 0.002 + 0.05))
+
+
+def test_estimate_reads_the_dry_run_and_the_surviving_shares(tmp_path):
+    from estimate import parse_dry_run, survival, train_key
+    out, trains, evals = dry_run(["digits"], tmp_path)
+    jobs, runs = parse_dry_run(out.splitlines()), tmp_path / "runs"
+    assert [j["stage"] for j in jobs].count("train") == len(trains) and len(jobs) == len(trains) + len(evals)
+    by = {(j["stage"], os.path.basename(j["folder"])): j for j in jobs}
+    pair = [str(runs / "rter"), str(runs / "st")]
+    assert sorted(by["train", "jtdmoe_a0.7"]["deps"]) == pair == sorted(by["eval", "dual_pretrained"]["deps"])
+    assert by["train", "a1_sparse"]["deps"] == [str(runs / "a1_dense")] and by["train", "st"]["deps"] == []
+    assert by["eval", "st"]["deps"] == [str(runs / "st")]
+    # the beta sweep costs the same per step (one timed kind); the number of experts does not
+    assert len({train_key(by["train", f"rter_b{b}"]) for b in (1, 3, 6, 9)}) == 1
+    assert train_key(by["train", "rter_e5"]) != train_key(by["train", "rter_e3"]) != train_key(by["train", "rter"])
+    at = {"sa": 97.0, "ra": 40.0, "ra_e": 50.0, "ra_r": 90.0}
+    dual = {"rows": [{"alpha": 0.5, "sa": 90, "ra": 10.0, "ra_rmoe": 60.0, "ra_smoe": 20.0}]}
+    reference = {"runs": {"at": {"evals": {"eval_aa": at}}, "dual": {"evals": {"eval_aa": dual}}}}
+    assert [survival(reference, f"/r/{run}", "aa") for run in ("at", "at-seed2", "dual")] == [0.6, 0.6, 0.3]
+    assert survival(reference, "/r/at", "adaptive") == 1.0 and survival({}, "/r/st", "aa") == 1.0  # none: all
+
+
+def test_estimate_times_every_run_of_the_dry_run_and_trains_nothing(tmp_path):
+    """`bash run_all.sh digits --estimate`, each kind timed a very few steps (ESTIMATE_STEPS, ESTIMATE_CUT): a row per
+    run of the dry run and the totals; the runs folder never made, no checkpoint left anywhere."""
+    scratch, runs = tmp_path / "tmp", tmp_path / "runs"
+    scratch.mkdir()
+    env = env_for(tmp_path, RUNS_DIR=str(runs), TMPDIR=str(scratch), ESTIMATE_STEPS="1", ESTIMATE_CUT="50",
+                  EVAL_N="40", AA_N="10")
+    proc, took = run_all(["digits", "--estimate"], env, tmp_path, timeout=900)
+    print(f"estimate took {took:.0f} s")
+    assert proc.returncode == 0, show(proc)
+    assert not runs.exists() and not list(scratch.rglob("ckpt.pt")) and not list(scratch.glob("estimate-*"))
+    assert not glob.glob(f"{HERE}/runs/digits/*/ckpt.pt")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in proc.stdout.splitlines() if line[:2] == "| "]
+    rows = {c[0]: (float(c[3].replace(",", "")), float(c[4].replace(",", ""))) for c in cells[1:]}
+    _, trains, evals = dry_run(["digits"], tmp_path)
+    total = rows.pop("total (job-seconds)")
+    assert set(rows) == run_names(trains + evals) and rows["dual_pretrained"][0] == 0
+    assert all(train > 0 for run, (train, _) in rows.items() if run != "dual_pretrained")
+    assert all(evaluation > 0 for _, evaluation in rows.values()) and total[0] == pytest.approx(
+        sum(train for train, _ in rows.values()), abs=len(rows))
+    assert len({rows[f"rter_b{b}"] for b in (1, 3, 6, 9)}) == 1  # one kind, the same epochs: the same estimate
+    out = proc.stdout.replace(",", "")
+    assert "machine: " in out and "load average (uptime)" in out and "torchrun --nproc_per_node 2" in out
+    walls = [float(m) for m in re.findall(r"wall clock with --jobs \d: \S+ h \(([\d.]+) s\)", out)]
+    jobs = float(re.search(r"job-seconds: \S+ h \(([\d.]+) s\)", out).group(1))
+    assert len(walls) == 2 and walls[0] == pytest.approx(jobs, abs=1) and jobs / 2 <= walls[1] < walls[0]
+
+
+def test_estimate_refuses_a_cut_that_does_not_divide_autoattacks_iterations(tmp_path):
+    proc, _ = run_all(["digits", "--estimate"], env_for(tmp_path, RUNS_DIR=str(tmp_path / "runs"), ESTIMATE_CUT="7"),
+                      tmp_path, timeout=120)
+    assert proc.returncode == 2 and one_line(proc.stderr).startswith("error: --cut 7 does not divide 100"), show(proc)
+    assert not (tmp_path / "runs").exists()
