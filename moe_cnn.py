@@ -4,10 +4,11 @@ A routed convolution holds E groups of w = round(r * C) output channels (C: the 
 scale) over the previous layer's w selected channels. One router picks one expert per input for every layer, so an
 input runs a dense network of width r:
     h_l = W_l[e(x)] * h_(l-1),   e(x) = argmax_i z_i(x),   z = R(x),  p = softmax(z),  R a small CNN.
-The router learns through the straight-through factor s = 1 + z_e - stopgrad(z_e) (1 in the forward pass) on each
-selected group: the AdvMoE code's router (a ResNet-20) and its one-hot gradient to the raw score (router="published",
-ste="logit"), or the runs before it: two convolutions and s = 1 + p_e - stopgrad(p_e), through the softmax
-(router="ours", ste="gate"); ste defaults to the router's own.
+R is the AdvMoE code's router, a ResNet-20 (router="published"), or that of the runs before it, two convolutions
+(router="ours"). Where the router learns from the task loss (AT (MoE)), it does so through the straight-through factor
+s = 1 + p_e - stopgrad(p_e) on each selected group, 1 in the forward pass (ste="gate"); ste="logit" puts the one-hot's
+gradient on the raw score, s = 1 + z_e - stopgrad(z_e), as the code's GetMask, whose gradient its released AdvMoE loop
+never applies (that one trains the router on its own loss).
 The stem convolution and the shortcuts are dense (shared by the experts), as in the AdvMoE code.
 E = 1 is the dense network of width r: AT (Dense) at r = 1, AT (S-Dense) at r < 1 (stem="scaled": its stem round(r C)
 wide too, as the public code's dense networks). AT (Sparse) is the full-width network with HYDRA-style structured
@@ -192,7 +193,7 @@ class MoECNN(nn.Module):
         super().__init__()
         if arch not in ARCH_CFGS:
             raise ValueError(f"unknown MoE-CNN arch {arch!r}; choose one of {', '.join(ARCHS)}")
-        ste = ste or ("logit" if router == "published" else "gate")
+        ste = ste or "gate"
         if router not in ROUTERS or stem not in STEMS or ste not in STES:
             raise ValueError(f"router must be one of {', '.join(ROUTERS)}, stem one of {', '.join(STEMS)}, ste one of "
                              f"{', '.join(STES)}; got {router!r}, {stem!r}, {ste!r}")

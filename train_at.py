@@ -23,11 +23,12 @@ def add_loss_flags(p, default="at", flag="--method"):
 def add_cnn_flags(p, stem: bool = True):
     """The MoE-CNN's router (--arch moe_*, E >= 2) and the stem of its dense network of width r (AT (S-Dense))."""
     p.add_argument("--router", default="published", choices=ROUTERS,
-                   help="MoE-CNN router: published (the AdvMoE code's ResNet-20, its straight-through gradient to the "
-                        "raw score) or ours (the runs before it: two convolutions, through the softmax)")
-    p.add_argument("--ste", default=None, choices=STES,
-                   help="where the router's straight-through gradient goes: logit (the raw score, as the AdvMoE code) "
-                        "or gate (through the softmax); default: the --router's own")
+                   help="MoE-CNN router: published (the AdvMoE code's ResNet-20) or ours (the runs before it: two "
+                        "convolutions)")
+    p.add_argument("--ste", default="gate", choices=STES,
+                   help="where a router learning from the task loss gets the straight-through gradient: gate (through "
+                        "the softmax; default) or logit (the raw score, as the AdvMoE code's GetMask; broke AT (MoE) "
+                        "on digits)")
     if stem:
         p.add_argument("--stem", default="scaled", choices=STEMS,
                        help="stem of an MoE-CNN dense network of width r: scaled to round(r C) as the public code's "
