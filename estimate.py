@@ -101,7 +101,7 @@ def survival(reference: dict, folder: str, attack: str) -> float:
 
 def curve_evaluations(epochs: int, every: int) -> int:
     """How often a run evaluates its curve: every `every` epochs and after the last (train_common.Run.end_epoch)."""
-    return epochs // every + (epochs % every != 0)
+    return sum(tc.curve_due(epoch, every, epochs) for epoch in range(epochs))
 
 
 def training_seconds(unit: dict, job: dict) -> float:

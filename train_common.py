@@ -174,6 +174,11 @@ def prepare_model(model: torch.nn.Module, device, channels_last: bool = False, c
     return model
 
 
+def curve_due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether epoch (0-based) ends with the per-epoch curve evaluation: every `every` epochs and after the last."""
+    return (epoch + 1) % every == 0 or epoch + 1 == epochs
+
+
 def backward_and_step(loss, model, optimizers) -> None:
     """Clear every gradient of model, backward (under DDP: gradients averaged over the processes), step each one."""
     model.zero_grad(set_to_none=True)
@@ -381,7 +386,7 @@ class Run:
         row = {"epoch": epoch + 1, "lr": lr_of.param_groups[0]["lr"],
                **{k: (pair[0] / pair[1]).item() for k, pair in sums.items()},
                "train_seconds": round(time.time() - self.t0, 2)}
-        if (epoch + 1) % a.eval_every == 0 or epoch + 1 == a.epochs:  # every process attacks its share
+        if curve_due(epoch, a.eval_every, a.epochs):  # every process attacks its share
             row.update(self.evaluate(self.model))
         if self.is_main:
             self.rows.append(row)
